@@ -1,0 +1,337 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * verifierlog: one record per BPF_PROG_LOAD / BPF_BTF_LOAD attempt on the host.
+ *
+ * The enter hook copies the part of the caller's bpf_attr that the exporter
+ * decodes; the exit hook adds the return value and the log_true_size the
+ * kernel may have written back, and submits the record to the ring buffer.
+ * Nothing is decided here: Go decodes the attr bytes and classifies.
+ *
+ * Three hook sets, one loaded at a time (tracer/attach.go picks):
+ *   fentry:     fentry + fexit on bpf_prog_load and btf_new_fd
+ *   kprobe:     kprobe + kretprobe on the same functions
+ *   tracepoint: syscalls/sys_enter_bpf + syscalls/sys_exit_bpf
+ */
+#include "vmlinux_min.h"
+#include "bpf_helpers.h"
+#include "bpf_tracing.h"
+#include "bpf_core_read.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/*
+ * Bytes of union bpf_attr that the exporter needs: through log_true_size
+ * (offset 140) for PROG_LOAD, through btf_log_true_size (offset 28) for
+ * BTF_LOAD. Never more than the caller's attr size is read.
+ */
+#define PROG_LOAD_ATTR_NEED 144
+#define BTF_LOAD_ATTR_NEED 32
+#define ATTR_COPY_MAX PROG_LOAD_ATTR_NEED
+
+#define PROG_LOAD_TRUE_SIZE_OFF 140
+#define BTF_LOAD_TRUE_SIZE_OFF 28
+
+/* Record flags. Go: tracer/decode.go. */
+#define FLAG_ATTR_UNREADABLE (1 << 0) /* the attr copy faulted: bad pointer */
+#define FLAG_TRUE_SIZE_READ (1 << 1)  /* true_size_after holds the post-call value */
+#define FLAG_KERNEL_CALLER (1 << 2)   /* attr came from the kernel (bpf_sys_bpf), attr_size unknown */
+
+/* What the enter hook learned; the exit hook completes it. */
+struct inflight {
+	__u64 start_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u64 uattr;    /* caller's attr pointer */
+	__u32 cmd;
+	__u32 attr_size;   /* size argument of bpf(2) */
+	__u32 attr_copied; /* bytes of attr[] that hold the caller's attr */
+	__u32 flags;
+	__u8 attr[ATTR_COPY_MAX];
+};
+
+/* One load attempt. Go: tracer/decode.go decodes it field by field. */
+struct load_event {
+	struct inflight in;
+	__u64 end_ns;
+	__u64 cgroup_id;
+	__s64 ret;
+	__u32 pid;
+	__u32 tid;
+	__u32 uid;
+	__u32 gid;
+	__u32 true_size_after; /* log_true_size read back after the call */
+	__u32 _pad;
+	char comm[16];
+};
+
+/* Reasons a load attempt went unrecorded. Go: tracer/lost.go reads them. */
+enum lost_reason {
+	LOST_RINGBUF_FULL = 0,      /* exit hook could not reserve a record */
+	LOST_NO_INFLIGHT = 1,       /* exit hook found no entry: evicted, or began before attach */
+	LOST_INFLIGHT_UPDATE = 2,   /* enter hook could not insert its entry */
+	LOST_STALE_INFLIGHT = 3,    /* a thread's previous entry never saw its exit */
+	LOST_REASON_MAX,
+};
+
+/* Load records for user space. Read by tracer/reader.go; size set by Go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+/*
+ * Loads between their enter and exit hook, by pid_tgid. LRU, so entries of
+ * threads that never reached their exit hook cannot fill it. Only the hooks
+ * read it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct inflight);
+} inflight SEC(".maps");
+
+/* Per-CPU counts by enum lost_reason. Read by tracer/lost.go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LOST_REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Never read: they put the record types into BTF for bpf2go's -type. */
+const struct load_event *unused_load_event __attribute__((unused));
+const enum lost_reason *unused_lost_reason __attribute__((unused));
+
+static __always_inline void count_lost(enum lost_reason reason)
+{
+	__u32 key = reason;
+	__u64 *n = bpf_map_lookup_elem(&lost, &key);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int is_load_cmd(__u32 cmd)
+{
+	return cmd == BPF_PROG_LOAD || cmd == BPF_BTF_LOAD;
+}
+
+/*
+ * kattr is the kernel's own copy of the attr where the hook has one
+ * (fentry, kprobe); the tracepoint hook runs before the kernel copies it and
+ * reads the caller's memory instead.
+ */
+static __always_inline int record_enter(__u32 cmd, __u64 uattr, __u32 attr_size,
+					const void *kattr, __u32 flags)
+{
+	struct inflight in = {};
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 need = cmd == BPF_PROG_LOAD ? PROG_LOAD_ATTR_NEED : BTF_LOAD_ATTR_NEED;
+	__u64 n = attr_size < need ? attr_size : need;
+	long err;
+
+	if (flags & FLAG_KERNEL_CALLER)
+		n = need; /* the kernel copy is a whole, zero-filled union bpf_attr */
+	/* Re-bound n where the verifier can see it: a constant maximum. */
+	barrier_var(n);
+	n &= 0xff;
+	if (n > ATTR_COPY_MAX)
+		n = ATTR_COPY_MAX;
+
+	in.start_ns = bpf_ktime_get_ns();
+	in.uattr = uattr;
+	in.cmd = cmd;
+	in.attr_size = attr_size;
+	in.flags = flags;
+	if (kattr)
+		err = bpf_probe_read_kernel(in.attr, n, kattr);
+	else
+		err = bpf_probe_read_user(in.attr, n, (const void *)uattr);
+	if (err)
+		in.flags |= FLAG_ATTR_UNREADABLE;
+	else
+		in.attr_copied = n;
+
+	err = bpf_map_update_elem(&inflight, &id, &in, BPF_NOEXIST);
+	if (err == -17 /* EEXIST */) {
+		count_lost(LOST_STALE_INFLIGHT);
+		err = bpf_map_update_elem(&inflight, &id, &in, BPF_ANY);
+	}
+	if (err)
+		count_lost(LOST_INFLIGHT_UPDATE);
+	return 0;
+}
+
+static __always_inline int record_exit(__s64 ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	struct inflight *in;
+	struct load_event *e;
+	__u32 off;
+
+	in = bpf_map_lookup_elem(&inflight, &id);
+	if (!in) {
+		count_lost(LOST_NO_INFLIGHT);
+		return 0;
+	}
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost(LOST_RINGBUF_FULL);
+		bpf_map_delete_elem(&inflight, &id);
+		return 0;
+	}
+	__builtin_memcpy(&e->in, in, sizeof(e->in));
+	bpf_map_delete_elem(&inflight, &id);
+
+	e->end_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->ret = ret;
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->uid = (__u32)uid_gid;
+	e->gid = uid_gid >> 32;
+	e->true_size_after = 0;
+	e->_pad = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+
+	off = e->in.cmd == BPF_PROG_LOAD ? PROG_LOAD_TRUE_SIZE_OFF : BTF_LOAD_TRUE_SIZE_OFF;
+	if (!(e->in.flags & FLAG_KERNEL_CALLER) && e->in.attr_size >= off + 4 &&
+	    bpf_probe_read_user(&e->true_size_after, sizeof(e->true_size_after),
+				(const void *)(e->in.uattr + off)) == 0)
+		e->in.flags |= FLAG_TRUE_SIZE_READ;
+
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/*
+ * fentry and kprobe hooks see the kernel's attr copy but not, before 6.4,
+ * the attr size; both come from the syscall's own registers, trusted only
+ * when they match the hook's arguments (a load from user space). Loads the
+ * kernel issues itself (bpf_sys_bpf) are marked and keep attr_size 0.
+ */
+static __always_inline int hooked_enter(__u32 cmd, const void *kattr, __u64 uattr,
+					__u64 uattr_is_kernel)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u32 attr_size = 0;
+	__u32 flags = 0;
+
+	if (!uattr_is_kernel && (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs) == cmd &&
+	    PT_REGS_PARM2_CORE_SYSCALL(regs) == uattr)
+		attr_size = PT_REGS_PARM3_CORE_SYSCALL(regs);
+	else
+		flags = FLAG_KERNEL_CALLER;
+	return record_enter(cmd, uattr, attr_size, kattr, flags);
+}
+
+/* fentry mode. bpfptr_t uattr is a 16-byte struct: argument slots 1 and 2. */
+
+static __always_inline int fentry_enter(__u32 cmd, __u64 *ctx)
+{
+	__u64 kattr = 0, uattr = 0, is_kernel = 0;
+
+	bpf_get_func_arg(ctx, 0, &kattr);
+	bpf_get_func_arg(ctx, 1, &uattr);
+	bpf_get_func_arg(ctx, 2, &is_kernel);
+	return hooked_enter(cmd, (const void *)kattr, uattr, is_kernel & 1);
+}
+
+static __always_inline int fexit_exit(__u64 *ctx)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	return record_exit((int)ret);
+}
+
+SEC("fentry/bpf_prog_load")
+int fentry_prog_load(__u64 *ctx)
+{
+	return fentry_enter(BPF_PROG_LOAD, ctx);
+}
+
+SEC("fexit/bpf_prog_load")
+int fexit_prog_load(__u64 *ctx)
+{
+	return fexit_exit(ctx);
+}
+
+SEC("fentry/btf_new_fd")
+int fentry_btf_load(__u64 *ctx)
+{
+	return fentry_enter(BPF_BTF_LOAD, ctx);
+}
+
+SEC("fexit/btf_new_fd")
+int fexit_btf_load(__u64 *ctx)
+{
+	return fexit_exit(ctx);
+}
+
+/* kprobe mode: the design card's hook. */
+
+SEC("kprobe/bpf_prog_load")
+int BPF_KPROBE(kprobe_prog_load, const void *kattr, __u64 uattr, __u64 is_kernel)
+{
+	return hooked_enter(BPF_PROG_LOAD, kattr, uattr, is_kernel & 1);
+}
+
+SEC("kretprobe/bpf_prog_load")
+int BPF_KRETPROBE(kretprobe_prog_load, int ret)
+{
+	return record_exit(ret);
+}
+
+SEC("kprobe/btf_new_fd")
+int BPF_KPROBE(kprobe_btf_load, const void *kattr, __u64 uattr, __u64 is_kernel)
+{
+	return hooked_enter(BPF_BTF_LOAD, kattr, uattr, is_kernel & 1);
+}
+
+SEC("kretprobe/btf_new_fd")
+int BPF_KRETPROBE(kretprobe_btf_load, int ret)
+{
+	return record_exit(ret);
+}
+
+/*
+ * tracepoint mode. These fire on every bpf(2) call, so both leave at once for
+ * commands that are not loads; the exit hook reads the command from the
+ * syscall's saved registers, so non-loads cost it no map lookup and a load
+ * whose entry is missing is counted, not silently skipped.
+ */
+
+struct sys_enter_bpf_ctx {
+	__u64 common;
+	__s32 syscall_nr;
+	__u32 pad;
+	__u64 cmd;
+	__u64 uattr;
+	__u64 size;
+};
+
+struct sys_exit_bpf_ctx {
+	__u64 common;
+	__s32 syscall_nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+SEC("tracepoint/syscalls/sys_enter_bpf")
+int tracepoint_enter_bpf(struct sys_enter_bpf_ctx *ctx)
+{
+	/* bpf(2) takes int cmd and unsigned int size: the upper halves are noise. */
+	if (!is_load_cmd((__u32)ctx->cmd))
+		return 0;
+	return record_enter((__u32)ctx->cmd, ctx->uattr, (__u32)ctx->size, 0, 0);
+}
+
+SEC("tracepoint/syscalls/sys_exit_bpf")
+int tracepoint_exit_bpf(struct sys_exit_bpf_ctx *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	if (!is_load_cmd((__u32)PT_REGS_PARM1_CORE_SYSCALL(regs)))
+		return 0;
+	return record_exit(ctx->ret);
+}

@@ -1,0 +1,310 @@
+// Package loadgen issues raw bpf(BPF_PROG_LOAD) and bpf(BPF_BTF_LOAD)
+// syscalls with exactly the attr a caller asks for (log level, buffer, attr
+// size, even a bad attr pointer) and returns what the kernel answered. It is
+// the ground truth for the tracer's tests and benchmarks and the engine of
+// `exporter loadgen`.
+//
+// It builds the attr by hand, not with cilium/ebpf, because the point is to
+// reproduce what any loader may pass: short attr sizes, preset output
+// fields, NULL or tiny log buffers.
+package loadgen
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"runtime"
+	"syscall"
+	"unsafe"
+
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
+)
+
+// UAPI sizes and offsets in union bpf_attr.
+const (
+	ProgLoadAttrSize  = 144 // offsetofend(union bpf_attr, log_true_size)
+	BTFLoadAttrSize   = 32  // offsetofend(union bpf_attr, btf_log_true_size)
+	progTrueSizeOff   = 140
+	btfTrueSizeOff    = 28
+	bpfObjNameLen     = 16
+	socketFilterType  = 1 // BPF_PROG_TYPE_SOCKET_FILTER
+	cmdProgLoad       = 5
+	cmdBTFLoad        = 18
+	defaultLongInsns  = 64
+	maxProgNameLength = bpfObjNameLen - 1
+)
+
+// Log levels (UAPI).
+const (
+	LogLevel1     = 1
+	LogLevel2     = 2
+	LogLevelStats = 4
+	LogLevelFixed = 8
+)
+
+// Program is the kind of program to load.
+type Program int
+
+const (
+	// Valid loads: r0 = 0; exit.
+	Valid Program = iota
+	// Rejected is refused by the verifier with EACCES ("R0 !read_ok").
+	Rejected
+	// LongLog is a valid program of ProgLoad.Insns instructions; at log
+	// level 2 the verifier writes a line per instruction.
+	LongLog
+)
+
+func (p Program) String() string {
+	switch p {
+	case Valid:
+		return "valid"
+	case Rejected:
+		return "rejected"
+	case LongLog:
+		return "long"
+	}
+	return fmt.Sprintf("Program(%d)", int(p))
+}
+
+// ParseProgram is the inverse of Program.String.
+func ParseProgram(s string) (Program, error) {
+	for _, p := range []Program{Valid, Rejected, LongLog} {
+		if p.String() == s {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown program %q (want valid, rejected or long)", s)
+}
+
+// ProgLoad describes one BPF_PROG_LOAD attempt.
+type ProgLoad struct {
+	Program Program
+	Insns   int    // LongLog only; default 64
+	Name    string // prog_name; at most 15 bytes, passed as raw bytes
+	// RawName, if set, is copied into prog_name as is (all 16 bytes may be
+	// non-NUL), overriding Name.
+	RawName  *[bpfObjNameLen]byte
+	LogLevel uint32
+	LogSize  uint32 // log_size; a buffer of this size is passed unless NoLogBuf
+	NoLogBuf bool   // pass log_buf = NULL (with LogSize 0: a size query)
+	// AttrSize is the size argument of bpf(2); 0 means ProgLoadAttrSize.
+	// Sizes above ProgLoadAttrSize are passed with a zeroed tail.
+	AttrSize uint32
+	// TrueSizePreset is written into log_true_size before the call, to tell
+	// the kernel's write-back from what user space left there.
+	TrueSizePreset uint32
+	// AttrPtr, if non-zero, is passed instead of a real attr (bad pointers).
+	AttrPtr uintptr
+}
+
+// BTFLoad describes one BPF_BTF_LOAD attempt.
+type BTFLoad struct {
+	Types    int // number of int types in the blob; the log grows with it; default 1
+	LogLevel uint32
+	LogSize  uint32
+	NoLogBuf bool
+	// AttrSize is the size argument of bpf(2); 0 means BTFLoadAttrSize.
+	AttrSize       uint32
+	TrueSizePreset uint32
+	AttrPtr        uintptr
+}
+
+// Result is what the kernel answered.
+type Result struct {
+	Ret   int           // the syscall's return: a file descriptor (closed already) or -errno
+	Errno syscall.Errno // 0 on success
+	// LogTrueSize is the attr's log_true_size (btf_log_true_size) after the
+	// call, or the preset where the attr is too short to hold it.
+	LogTrueSize uint32
+	Log         []byte // the log buffer up to its first NUL
+	TID         int    // the thread that made the call
+	AttrSize    uint32 // the size argument passed
+	InsnCnt     uint32
+	// StartNs and EndNs bracket the syscall on CLOCK_MONOTONIC, the clock
+	// of the tracer's timestamps.
+	StartNs, EndNs uint64
+}
+
+// OK reports whether the load succeeded.
+func (r Result) OK() bool { return r.Ret >= 0 }
+
+// Instructions returns the program p, marshalled for the kernel.
+func Instructions(p Program, n int) ([]byte, error) {
+	var insns asm.Instructions
+	switch p {
+	case Valid:
+		insns = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
+	case Rejected:
+		insns = asm.Instructions{asm.Return()}
+	case LongLog:
+		if n <= 0 {
+			n = defaultLongInsns
+		}
+		if n < 2 {
+			n = 2
+		}
+		for i := 0; i < n-1; i++ {
+			insns = append(insns, asm.Mov.Imm(asm.R0, int32(i)))
+		}
+		insns = append(insns, asm.Return())
+	default:
+		return nil, fmt.Errorf("unknown program %d", p)
+	}
+	var buf bytes.Buffer
+	if err := insns.Marshal(&buf, hostByteOrder()); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+var license = []byte("GPL\x00")
+
+// LoadProgram issues one BPF_PROG_LOAD as p describes.
+func LoadProgram(p ProgLoad) (Result, error) {
+	insns, err := Instructions(p.Program, p.Insns)
+	if err != nil {
+		return Result{}, err
+	}
+	if p.RawName == nil && len(p.Name) > maxProgNameLength {
+		return Result{}, fmt.Errorf("program name %q is longer than %d bytes", p.Name, maxProgNameLength)
+	}
+	attrSize := p.AttrSize
+	if attrSize == 0 {
+		attrSize = ProgLoadAttrSize
+	}
+	attr := make([]byte, max(int(attrSize), ProgLoadAttrSize))
+	var logBuf []byte
+	if !p.NoLogBuf && p.LogSize > 0 {
+		logBuf = make([]byte, p.LogSize)
+	}
+	ne := binary.NativeEndian
+	ne.PutUint32(attr[0:], socketFilterType)
+	ne.PutUint32(attr[4:], uint32(len(insns)/asm.InstructionSize))
+	ne.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&insns[0]))))
+	ne.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&license[0]))))
+	ne.PutUint32(attr[24:], p.LogLevel)
+	ne.PutUint32(attr[28:], p.LogSize)
+	if logBuf != nil {
+		ne.PutUint64(attr[32:], uint64(uintptr(unsafe.Pointer(&logBuf[0]))))
+	}
+	if p.RawName != nil {
+		copy(attr[48:48+bpfObjNameLen], p.RawName[:])
+	} else {
+		copy(attr[48:48+maxProgNameLength], p.Name)
+	}
+	ne.PutUint32(attr[progTrueSizeOff:], p.TrueSizePreset)
+
+	res := call(cmdProgLoad, attr, attrSize, p.AttrPtr)
+	runtime.KeepAlive(insns)
+	runtime.KeepAlive(logBuf)
+	res.InsnCnt = uint32(len(insns) / asm.InstructionSize)
+	res.LogTrueSize = p.TrueSizePreset
+	if p.AttrPtr == 0 && attrSize >= ProgLoadAttrSize {
+		res.LogTrueSize = ne.Uint32(attr[progTrueSizeOff:])
+	}
+	res.Log = cString(logBuf)
+	return res, nil
+}
+
+// BTF returns a BTF blob of n int types (at least one).
+func BTF(n int) ([]byte, error) {
+	if n < 1 {
+		n = 1
+	}
+	types := make([]btf.Type, 0, n)
+	for i := range n {
+		types = append(types, &btf.Int{Name: fmt.Sprintf("int%d", i), Size: 4, Encoding: btf.Signed})
+	}
+	b, err := btf.NewBuilder(types, nil)
+	if err != nil {
+		return nil, err
+	}
+	return b.Marshal(nil, nil)
+}
+
+// LoadBTF issues one BPF_BTF_LOAD as b describes.
+func LoadBTF(b BTFLoad) (Result, error) {
+	blob, err := BTF(b.Types)
+	if err != nil {
+		return Result{}, err
+	}
+	attrSize := b.AttrSize
+	if attrSize == 0 {
+		attrSize = BTFLoadAttrSize
+	}
+	attr := make([]byte, max(int(attrSize), BTFLoadAttrSize))
+	var logBuf []byte
+	if !b.NoLogBuf && b.LogSize > 0 {
+		logBuf = make([]byte, b.LogSize)
+	}
+	ne := binary.NativeEndian
+	ne.PutUint64(attr[0:], uint64(uintptr(unsafe.Pointer(&blob[0]))))
+	if logBuf != nil {
+		ne.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&logBuf[0]))))
+	}
+	ne.PutUint32(attr[16:], uint32(len(blob)))
+	ne.PutUint32(attr[20:], b.LogSize)
+	ne.PutUint32(attr[24:], b.LogLevel)
+	ne.PutUint32(attr[btfTrueSizeOff:], b.TrueSizePreset)
+
+	res := call(cmdBTFLoad, attr, attrSize, b.AttrPtr)
+	runtime.KeepAlive(blob)
+	runtime.KeepAlive(logBuf)
+	res.LogTrueSize = b.TrueSizePreset
+	if b.AttrPtr == 0 && attrSize >= BTFLoadAttrSize {
+		res.LogTrueSize = ne.Uint32(attr[btfTrueSizeOff:])
+	}
+	res.Log = cString(logBuf)
+	return res, nil
+}
+
+// call makes the syscall on a locked thread so that the TID it reports is
+// the one the kernel saw.
+func call(cmd uintptr, attr []byte, size uint32, attrPtr uintptr) Result {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	ptr := uintptr(unsafe.Pointer(&attr[0]))
+	if attrPtr != 0 {
+		ptr = attrPtr
+	}
+	res := Result{TID: unix.Gettid(), AttrSize: size}
+	res.StartNs = monotonicNs()
+	r, _, errno := unix.Syscall(unix.SYS_BPF, cmd, ptr, uintptr(size))
+	res.EndNs = monotonicNs()
+	runtime.KeepAlive(attr)
+	if errno != 0 {
+		res.Ret = -int(errno)
+		res.Errno = errno
+		return res
+	}
+	res.Ret = int(r)
+	unix.Close(int(r))
+	return res
+}
+
+func monotonicNs() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+func cString(b []byte) []byte {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		return b[:i]
+	}
+	return b
+}
+
+// hostByteOrder is the host byte order as a concrete binary.ByteOrder
+// (asm.Instructions.Marshal does not accept binary.NativeEndian).
+func hostByteOrder() binary.ByteOrder {
+	var x uint16 = 1
+	if *(*byte)(unsafe.Pointer(&x)) == 1 {
+		return binary.LittleEndian
+	}
+	return binary.BigEndian
+}

@@ -1,0 +1,221 @@
+// Package tracer owns the kernel side of the exporter: it loads the
+// bpf2go-generated programs of bpf/verifierlog.c, attaches them in one of
+// the attach modes (falling back in auto mode), reads the ring buffer of
+// load records and decodes each into a LoadEvent. It knows nothing of
+// metrics or spans; otel/ builds those from LoadEvents.
+package tracer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/verifierlog/exporter/internal/loadgen"
+)
+
+// DefaultRingBufferBytes holds about 16,000 records.
+const DefaultRingBufferBytes = 4 << 20
+
+// Options configure New.
+type Options struct {
+	// Attach is the mode to use; "" means AttachAuto.
+	Attach AttachMode
+	// RingBufferBytes is the ring buffer's size, rounded up to a power of
+	// two pages; 0 means DefaultRingBufferBytes.
+	RingBufferBytes int
+}
+
+// Tracer is attached to the kernel from New until Close.
+type Tracer struct {
+	mode     AttachMode
+	attempts []Attempt
+	release  string
+	clock    WallClock
+	dec      decoder
+
+	maps   verifierlogMaps
+	hooks  *attached
+	reader *ringbuf.Reader
+
+	detachOnce sync.Once
+	detachErr  error
+
+	events       atomic.Uint64
+	decodeErrors atomic.Uint64
+}
+
+// New loads the programs and attaches them. In auto mode it tries fentry,
+// kprobe and tracepoint in turn; Attempts says why each one tried before the
+// chosen mode failed.
+func New(opts Options) (*Tracer, error) {
+	mode := opts.Attach
+	if mode == "" {
+		mode = AttachAuto
+	}
+	if _, err := ParseAttachMode(string(mode)); err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
+	}
+
+	t := &Tracer{release: kernelRelease(), clock: NewWallClock()}
+	// Probe before attaching, so that the probe is not itself a record.
+	t.dec.trueSizeSupported = probeLogTrueSize()
+
+	spec, err := loadVerifierlog()
+	if err != nil {
+		return nil, err
+	}
+	spec.Maps[verifierlogMapEvents].MaxEntries = ringBufferSize(opts.RingBufferBytes)
+	if err := spec.LoadAndAssign(&t.maps, nil); err != nil {
+		return nil, fmt.Errorf("create maps: %w", err)
+	}
+	collOpts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		verifierlogMapEvents:   t.maps.Events,
+		verifierlogMapInflight: t.maps.Inflight,
+		verifierlogMapLost:     t.maps.Lost,
+	}}
+
+	modes := []AttachMode{mode}
+	if mode == AttachAuto {
+		modes = autoOrder
+	}
+	for _, m := range modes {
+		hooks, err := loadAndAttach(m, spec, collOpts)
+		t.attempts = append(t.attempts, Attempt{Mode: m, Err: err})
+		if err == nil {
+			t.mode, t.hooks = m, hooks
+			break
+		}
+	}
+	if t.hooks == nil {
+		t.maps.Close()
+		return nil, fmt.Errorf("no attach mode worked: %s", describeAttempts(t.attempts))
+	}
+	t.dec.mode = t.mode
+
+	t.reader, err = ringbuf.NewReader(t.maps.Events)
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("open ring buffer reader: %w", err)
+	}
+	return t, nil
+}
+
+// Mode is the attach mode in use.
+func (t *Tracer) Mode() AttachMode { return t.mode }
+
+// Attempts lists the modes tried, in order; the last one is the one in use.
+func (t *Tracer) Attempts() []Attempt { return t.attempts }
+
+// KernelRelease is uname -r.
+func (t *Tracer) KernelRelease() string { return t.release }
+
+// LogTrueSizeSupported reports whether the kernel writes log_true_size back
+// (Linux 6.4+), as probed at start.
+func (t *Tracer) LogTrueSizeSupported() bool { return t.dec.trueSizeSupported }
+
+// Clock converts the records' kernel timestamps to wall-clock time.
+func (t *Tracer) Clock() WallClock { return t.clock }
+
+// Events is the number of records decoded so far.
+func (t *Tracer) Events() uint64 { return t.events.Load() }
+
+// Run calls handle for every load record until ctx is done. Then it
+// detaches the hooks, hands over what the ring buffer still holds, and
+// returns. handle runs on Run's goroutine; ev is reused, so copy what you
+// keep. Run must not be called twice.
+func (t *Tracer) Run(ctx context.Context, handle func(ev *LoadEvent)) error {
+	stop := context.AfterFunc(ctx, func() {
+		_ = t.detach()
+		_ = t.reader.Flush()
+	})
+	defer stop()
+
+	var rec ringbuf.Record
+	var ev LoadEvent
+	for {
+		err := t.reader.ReadInto(&rec)
+		switch {
+		case err == nil:
+		case errors.Is(err, ringbuf.ErrFlushed):
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			continue
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		default:
+			return fmt.Errorf("read ring buffer: %w", err)
+		}
+		if err := t.dec.decode(rec.RawSample, &ev); err != nil {
+			t.decodeErrors.Add(1)
+			continue
+		}
+		t.events.Add(1)
+		handle(&ev)
+	}
+}
+
+func (t *Tracer) detach() error {
+	t.detachOnce.Do(func() {
+		if t.hooks != nil {
+			t.detachErr = t.hooks.detach()
+		}
+	})
+	return t.detachErr
+}
+
+// Close detaches the hooks (if Run has not) and frees everything.
+func (t *Tracer) Close() error {
+	errs := []error{t.detach()}
+	if t.reader != nil {
+		errs = append(errs, t.reader.Close())
+	}
+	errs = append(errs, t.maps.Close())
+	return errors.Join(errs...)
+}
+
+// ringBufferSize rounds n up to a power of two of at least one page.
+func ringBufferSize(n int) uint32 {
+	if n <= 0 {
+		n = DefaultRingBufferBytes
+	}
+	size := os.Getpagesize()
+	for size < n {
+		size <<= 1
+	}
+	return uint32(size)
+}
+
+// probeLogTrueSize asks the kernel for a log size with a size query (NULL
+// buffer, size 0, level 1): kernels that write log_true_size (6.4+) answer
+// with it; older ones reject the query with EINVAL.
+func probeLogTrueSize() bool {
+	r, err := loadgen.LoadProgram(loadgen.ProgLoad{
+		Program:  loadgen.Valid,
+		Name:     "vlog_probe",
+		LogLevel: loadgen.LogLevel1,
+		NoLogBuf: true,
+	})
+	return err == nil && r.OK() && r.LogTrueSize > 0
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
