@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"runtime"
 	"syscall"
 	"unsafe"
@@ -32,6 +33,7 @@ const (
 	socketFilterType  = 1 // BPF_PROG_TYPE_SOCKET_FILTER
 	cmdProgLoad       = 5
 	cmdBTFLoad        = 18
+	cmdMapCreate      = 0
 	defaultLongInsns  = 64
 	maxProgNameLength = bpfObjNameLen - 1
 )
@@ -50,7 +52,8 @@ type Program int
 const (
 	// Valid loads: r0 = 0; exit.
 	Valid Program = iota
-	// Rejected is refused by the verifier with EACCES ("R0 !read_ok").
+	// Rejected is refused by the verifier with EACCES ("R0 !read_ok");
+	// ProgLoad.Insns (default 1) sets its length.
 	Rejected
 	// LongLog is a valid program of ProgLoad.Insns instructions; at log
 	// level 2 the verifier writes a line per instruction.
@@ -82,7 +85,7 @@ func ParseProgram(s string) (Program, error) {
 // ProgLoad describes one BPF_PROG_LOAD attempt.
 type ProgLoad struct {
 	Program Program
-	Insns   int    // LongLog only; default 64
+	Insns   int    // LongLog (default 64) and Rejected (default 1)
 	Name    string // prog_name; at most 15 bytes, passed as raw bytes
 	// RawName, if set, is copied into prog_name as is (all 16 bytes may be
 	// non-NUL), overriding Name.
@@ -98,6 +101,10 @@ type ProgLoad struct {
 	TrueSizePreset uint32
 	// AttrPtr, if non-zero, is passed instead of a real attr (bad pointers).
 	AttrPtr uintptr
+	// NullAttr passes a NULL attr pointer.
+	NullAttr bool
+	// ProgType is prog_type; 0 means BPF_PROG_TYPE_SOCKET_FILTER.
+	ProgType uint32
 }
 
 // BTFLoad describes one BPF_BTF_LOAD attempt.
@@ -110,6 +117,7 @@ type BTFLoad struct {
 	AttrSize       uint32
 	TrueSizePreset uint32
 	AttrPtr        uintptr
+	NullAttr       bool
 }
 
 // Result is what the kernel answered.
@@ -138,7 +146,12 @@ func Instructions(p Program, n int) ([]byte, error) {
 	case Valid:
 		insns = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
 	case Rejected:
-		insns = asm.Instructions{asm.Return()}
+		// r1 = i, ...; exit with r0 never written. n > 1 lengthens the
+		// level-2 log without changing the verdict.
+		for i := 0; i < n-1; i++ {
+			insns = append(insns, asm.Mov.Imm(asm.R1, int32(i)))
+		}
+		insns = append(insns, asm.Return())
 	case LongLog:
 		if n <= 0 {
 			n = defaultLongInsns
@@ -181,7 +194,11 @@ func LoadProgram(p ProgLoad) (Result, error) {
 		logBuf = make([]byte, p.LogSize)
 	}
 	ne := binary.NativeEndian
-	ne.PutUint32(attr[0:], socketFilterType)
+	progType := p.ProgType
+	if progType == 0 {
+		progType = socketFilterType
+	}
+	ne.PutUint32(attr[0:], progType)
 	ne.PutUint32(attr[4:], uint32(len(insns)/asm.InstructionSize))
 	ne.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&insns[0]))))
 	ne.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&license[0]))))
@@ -197,12 +214,12 @@ func LoadProgram(p ProgLoad) (Result, error) {
 	}
 	ne.PutUint32(attr[progTrueSizeOff:], p.TrueSizePreset)
 
-	res := call(cmdProgLoad, attr, attrSize, p.AttrPtr)
+	res := call(cmdProgLoad, attr, attrSize, p.AttrPtr, p.NullAttr)
 	runtime.KeepAlive(insns)
 	runtime.KeepAlive(logBuf)
 	res.InsnCnt = uint32(len(insns) / asm.InstructionSize)
 	res.LogTrueSize = p.TrueSizePreset
-	if p.AttrPtr == 0 && attrSize >= ProgLoadAttrSize {
+	if p.AttrPtr == 0 && !p.NullAttr && attrSize >= ProgLoadAttrSize {
 		res.LogTrueSize = ne.Uint32(attr[progTrueSizeOff:])
 	}
 	res.Log = cString(logBuf)
@@ -250,25 +267,54 @@ func LoadBTF(b BTFLoad) (Result, error) {
 	ne.PutUint32(attr[24:], b.LogLevel)
 	ne.PutUint32(attr[btfTrueSizeOff:], b.TrueSizePreset)
 
-	res := call(cmdBTFLoad, attr, attrSize, b.AttrPtr)
+	res := call(cmdBTFLoad, attr, attrSize, b.AttrPtr, b.NullAttr)
 	runtime.KeepAlive(blob)
 	runtime.KeepAlive(logBuf)
 	res.LogTrueSize = b.TrueSizePreset
-	if b.AttrPtr == 0 && attrSize >= BTFLoadAttrSize {
+	if b.AttrPtr == 0 && !b.NullAttr && attrSize >= BTFLoadAttrSize {
 		res.LogTrueSize = ne.Uint32(attr[btfTrueSizeOff:])
 	}
 	res.Log = cString(logBuf)
 	return res, nil
 }
 
+// MapCreate issues BPF_MAP_CREATE for a one-element array and closes the
+// map: a bpf(2) call that is not a load.
+func MapCreate() Result {
+	attr := make([]byte, 72)
+	ne := binary.NativeEndian
+	ne.PutUint32(attr[0:], 2) // BPF_MAP_TYPE_ARRAY
+	ne.PutUint32(attr[4:], 4) // key_size
+	ne.PutUint32(attr[8:], 4) // value_size
+	ne.PutUint32(attr[12:], 1)
+	return call(cmdMapCreate, attr, uint32(len(attr)), 0, false)
+}
+
+// UnmappedAddress returns an address with no mapping behind it: a page
+// mapped and unmapped again, so the kernel's copy of an attr there faults.
+func UnmappedAddress() (uintptr, error) {
+	b, err := unix.Mmap(-1, 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return 0, err
+	}
+	addr := uintptr(unsafe.Pointer(&b[0]))
+	if err := unix.Munmap(b); err != nil {
+		return 0, err
+	}
+	return addr, nil
+}
+
 // call makes the syscall on a locked thread so that the TID it reports is
 // the one the kernel saw.
-func call(cmd uintptr, attr []byte, size uint32, attrPtr uintptr) Result {
+func call(cmd uintptr, attr []byte, size uint32, attrPtr uintptr, nullAttr bool) Result {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
 	ptr := uintptr(unsafe.Pointer(&attr[0]))
-	if attrPtr != 0 {
+	switch {
+	case nullAttr:
+		ptr = 0
+	case attrPtr != 0:
 		ptr = attrPtr
 	}
 	res := Result{TID: unix.Gettid(), AttrSize: size}
