@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/verifierlog/exporter/internal/loadgen"
+)
+
+type loadgenCommand struct {
+	cmd        *kingpin.CmdClause
+	program    *string
+	insns      *int
+	name       *string
+	logLevel   *uint32
+	logSize    *uint32
+	noLogBuf   *bool
+	attrSize   *uint32
+	btf        *bool
+	btfTypes   *int
+	count      *int
+	threads    *int
+	perAttempt *bool
+}
+
+func newLoadgenCommand(app *kingpin.Application) *loadgenCommand {
+	c := &loadgenCommand{cmd: app.Command("loadgen", "Issue raw BPF_PROG_LOAD or BPF_BTF_LOAD calls with chosen log settings and print what the kernel answered.")}
+	c.program = c.cmd.Flag("program", "Program: valid, rejected (EACCES) or long (one log line per instruction at log level 2).").Default("valid").Enum("valid", "rejected", "long")
+	c.insns = c.cmd.Flag("insns", "Instructions in a long or rejected program.").Default("64").Int()
+	c.name = c.cmd.Flag("name", "prog_name (at most 15 bytes).").Default("vlog_loadgen").String()
+	c.logLevel = c.cmd.Flag("log-level", "log_level: 0 off, 1, 2; add 4 for stats, 8 for BPF_LOG_FIXED.").Default("1").Uint32()
+	c.logSize = c.cmd.Flag("log-size", "log_size, and the size of the buffer passed.").Default("65536").Uint32()
+	c.noLogBuf = c.cmd.Flag("no-log-buf", "Pass log_buf = NULL (with --log-size=0: a size query).").Bool()
+	c.attrSize = c.cmd.Flag("attr-size", "The size argument of bpf(2); 0 means up to log_true_size (144, BTF 32).").Default("0").Uint32()
+	c.btf = c.cmd.Flag("btf", "Load BTF instead of a program.").Bool()
+	c.btfTypes = c.cmd.Flag("btf-types", "Types in the BTF blob (the log grows with it).").Default("16").Int()
+	c.count = c.cmd.Flag("count", "Loads per thread.").Default("1").Int()
+	c.threads = c.cmd.Flag("threads", "Threads loading at once.").Default("1").Int()
+	c.perAttempt = c.cmd.Flag("each", "Print every attempt, not only the summary (default when --count=1 and --threads=1).").Bool()
+	return c
+}
+
+func (c *loadgenCommand) run(ctx context.Context, out io.Writer) error {
+	prog, err := loadgen.ParseProgram(*c.program)
+	if err != nil {
+		return err
+	}
+	load := func() (loadgen.Result, error) {
+		if *c.btf {
+			return loadgen.LoadBTF(loadgen.BTFLoad{Types: *c.btfTypes, LogLevel: *c.logLevel, LogSize: *c.logSize, NoLogBuf: *c.noLogBuf, AttrSize: *c.attrSize})
+		}
+		return loadgen.LoadProgram(loadgen.ProgLoad{Program: prog, Insns: *c.insns, Name: *c.name, LogLevel: *c.logLevel, LogSize: *c.logSize, NoLogBuf: *c.noLogBuf, AttrSize: *c.attrSize})
+	}
+	each := *c.perAttempt || (*c.count == 1 && *c.threads == 1)
+
+	var (
+		mu       sync.Mutex
+		byResult = map[string]int{}
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	start := time.Now()
+	for range max(*c.threads, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range max(*c.count, 1) {
+				if ctx.Err() != nil {
+					return
+				}
+				r, err := load()
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				result := "ok"
+				if r.Errno != 0 {
+					result = unix.ErrnoName(r.Errno)
+				}
+				byResult[result]++
+				if each && err == nil {
+					fmt.Fprintf(out, "tid=%d ret=%d result=%s log_true_size=%d log_len=%d\n", r.TID, r.Ret, result, r.LogTrueSize, len(r.Log))
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	elapsed := time.Since(start)
+	total := 0
+	keys := make([]string, 0, len(byResult))
+	for k, n := range byResult {
+		keys = append(keys, k)
+		total += n
+	}
+	sort.Strings(keys)
+	if !each || total > 1 {
+		fmt.Fprintf(out, "%d loads in %v (%.0f/s):", total, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds())
+		for _, k := range keys {
+			fmt.Fprintf(out, " %s=%d", k, byResult[k])
+		}
+		fmt.Fprintln(out)
+	}
+	return nil
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/alecthomas/kingpin/v2"
+
+	"github.com/verifierlog/exporter/tracer"
+)
+
+type traceCommand struct {
+	cmd        *kingpin.CmdClause
+	attach     *string
+	output     *string
+	ringBuffer *int
+}
+
+func newTraceCommand(app *kingpin.Application) *traceCommand {
+	c := &traceCommand{cmd: app.Command("trace", "Print one line per BPF_PROG_LOAD / BPF_BTF_LOAD attempt until SIGINT or SIGTERM.")}
+	c.attach = c.cmd.Flag("attach", "Kernel hooks: auto (cheapest that works), fentry, kprobe or tracepoint.").Default("auto").Enum("auto", "fentry", "kprobe", "tracepoint")
+	c.output = c.cmd.Flag("output", "table (aligned columns, human sizes) or json (one object per line).").Short('o').Default("table").Enum("table", "json")
+	c.ringBuffer = c.cmd.Flag("ring-buffer-bytes", "Size of the kernel ring buffer of load records.").Default(fmt.Sprint(tracer.DefaultRingBufferBytes)).Int()
+	return c
+}
+
+func (c *traceCommand) run(ctx context.Context, logger *slog.Logger, stdout io.Writer) error {
+	tr, err := tracer.New(tracer.Options{Attach: tracer.AttachMode(*c.attach), RingBufferBytes: *c.ringBuffer})
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	logAttach(logger, tr)
+
+	w := bufio.NewWriter(stdout)
+	var write func(*tracer.LoadEvent) error
+	switch *c.output {
+	case "json":
+		enc := json.NewEncoder(w)
+		write = func(ev *tracer.LoadEvent) error { return enc.Encode(ev.Record(tr.Clock())) }
+	default:
+		table := newTableWriter(w, tr.Clock())
+		if err := table.header(); err != nil {
+			return err
+		}
+		write = table.row
+	}
+	var writeErr error
+	err = tr.Run(ctx, func(ev *tracer.LoadEvent) {
+		if writeErr != nil {
+			return
+		}
+		if writeErr = write(ev); writeErr == nil {
+			writeErr = w.Flush()
+		}
+	})
+	if err == nil {
+		err = writeErr
+	}
+	if flushErr := w.Flush(); err == nil {
+		err = flushErr
+	}
+	logLost(logger, tr)
+	return err
+}
+
+// logAttach says which mode is in use and why the modes tried before it
+// failed.
+func logAttach(logger *slog.Logger, tr *tracer.Tracer) {
+	for _, a := range tr.Attempts() {
+		if a.Err != nil {
+			logger.Info("attach mode unavailable", "mode", a.Mode, "reason", a.Err)
+		}
+	}
+	logger.Info("attached", "mode", tr.Mode(), "kernel", tr.KernelRelease(), "log_true_size_supported", tr.LogTrueSizeSupported())
+}
+
+func logLost(logger *slog.Logger, tr *tracer.Tracer) {
+	lost, err := tr.Lost()
+	if err != nil {
+		logger.Warn("cannot read lost-event counters", "err", err)
+		return
+	}
+	attrs := []any{"events", tr.Events()}
+	var total uint64
+	for _, reason := range tracer.LostReasons() {
+		attrs = append(attrs, "lost_"+string(reason), lost[reason])
+		total += lost[reason]
+	}
+	if total > 0 {
+		logger.Warn("detached; some load attempts were not recorded", attrs...)
+		return
+	}
+	logger.Info("detached", attrs...)
+}
