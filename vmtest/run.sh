@@ -63,7 +63,7 @@ done
 test_args=("$@")
 
 [[ -f $test_bin && -x $test_bin ]] || die "test binary $test_bin: not an executable file" 2
-if command -v readelf >/dev/null && LC_ALL=C readelf -lW "$test_bin" 2>/dev/null | grep -q 'INTERP'; then
+if command -v readelf >/dev/null && LC_ALL=C readelf -lW "$test_bin" 2>/dev/null | grep INTERP >/dev/null; then
 	die "test binary $test_bin is dynamically linked; build it with CGO_ENABLED=0" 2
 fi
 
@@ -94,7 +94,7 @@ need_pkgs=()
 command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 # busybox (the dynamic one) and busybox-static both install /bin/busybox.
-dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_pkgs+=(busybox-static)
+dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep 'ok installed' >/dev/null || need_pkgs+=(busybox-static)
 if [[ ${#need_pkgs[@]} -gt 0 ]]; then
 	[[ $(id -u) == 0 ]] || die "need ${need_pkgs[*]} installed (run as root to install them)"
 	say "installing ${need_pkgs[*]}"
@@ -105,7 +105,7 @@ if [[ ${#need_pkgs[@]} -gt 0 ]]; then
 	fi
 fi
 busybox=/bin/busybox
-command -v readelf >/dev/null && LC_ALL=C readelf -lW "$busybox" 2>/dev/null | grep -q INTERP && die "$busybox is not static (install busybox-static)"
+command -v readelf >/dev/null && LC_ALL=C readelf -lW "$busybox" 2>/dev/null | grep INTERP >/dev/null && die "$busybox is not static (install busybox-static)"
 
 # ---- kernel -----------------------------------------------------------------
 
@@ -134,15 +134,15 @@ linux-image-*) pattern="^$(printf '%s' "$kernel_arg" | sed 's/[.+]/\\&/g')\$" ;;
 esac
 
 mkdir -p "$cache/kernels"
-pkg=$(candidates "$pattern" | head -n1)
+pkg=$(candidates "$pattern" | sed -n 1p)
 if [[ -z $pkg ]]; then
 	apt_update_once
-	pkg=$(candidates "$pattern" | head -n1)
+	pkg=$(candidates "$pattern" | sed -n 1p)
 fi
 if [[ -z $pkg ]]; then
 	# No apt answer (offline, no lists): fall back on the newest cached one.
 	pkg=$(find "$cache/kernels" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null |
-		grep -E "$pattern" | sort -rV | head -n1 || true)
+		grep -E "$pattern" | sort -rV | sed -n 1p || true)
 	[[ -n $pkg ]] || die "no Debian kernel package matches $kernel_arg (pattern $pattern)"
 	say "apt knows no package for $kernel_arg; using cached $pkg"
 fi
@@ -172,8 +172,8 @@ if [[ ! -f $kdir/.done ]]; then
 	flock -u 9
 	exec 9>&-
 fi
-vmlinuz=$(ls "$kdir"/boot/vmlinuz-* 2>/dev/null | head -n1)
-config=$(ls "$kdir"/boot/config-* 2>/dev/null | head -n1)
+vmlinuz=$(ls "$kdir"/boot/vmlinuz-* 2>/dev/null | sed -n 1p || true)
+config=$(ls "$kdir"/boot/config-* 2>/dev/null | sed -n 1p || true)
 [[ -n $vmlinuz && -f $vmlinuz ]] || die "no boot/vmlinuz-* in $kdir"
 kver=$(awk '/^Version:/ {print $2}' "$kdir/.package" 2>/dev/null || true)
 
@@ -300,7 +300,7 @@ qemu_rc=${rcs[0]}
 [[ -n ${VMTEST_LOG:-} ]] && cp "$log" "$VMTEST_LOG"
 total=$(elapsed "$t_start")
 
-kernel_trouble=$(grep -E 'Kernel panic|BUG:|Oops|WARNING:|Call Trace:|general protection fault|RIP:' "$log" | head -n 5 || true)
+kernel_trouble=$(grep -E 'Kernel panic|BUG:|Oops|WARNING:|Call Trace:|general protection fault|RIP:' "$log" | sed -n 1,5p || true)
 
 exit_line=$(grep -E "^$marker=[0-9]+ id=$nonce\$" "$log" | tail -n1 || true)
 if [[ -n $exit_line ]]; then

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/verifierlog/exporter/internal/kerneltest"
+	"github.com/verifierlog/exporter/internal/loadgen"
+	"github.com/verifierlog/exporter/tracer"
+)
+
+func buildExporter(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "exporter")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// attachedPrograms counts loaded BPF programs with a tracer program name.
+func attachedPrograms(t *testing.T) int {
+	t.Helper()
+	names := map[string]bool{"tracepoint_enter_bpf": true, "tracepoint_exit_bpf": true,
+		"fentry_prog_load": true, "fexit_prog_load": true, "kprobe_prog_load": true, "kretprobe_prog_load": true}
+	n := 0
+	var id ebpf.ProgramID
+	for {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return n
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		if info, err := p.Info(); err == nil && names[info.Name] {
+			n++
+		}
+		p.Close()
+	}
+}
+
+// TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT runs the built binary the
+// way a user does, issues loads whose outcome it knows, and checks the JSON
+// lines against the kernel's answers.
+func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	before := attachedPrograms(t)
+
+	cmd := exec.Command(bin, "trace", "--output", "json", "--attach", envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	stderrPipe, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	attached := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderrPipe)
+		signalled := false
+		for sc.Scan() {
+			stderr.WriteString(sc.Text() + "\n")
+			if !signalled && strings.Contains(sc.Text(), "msg=attached") {
+				close(attached)
+				signalled = true
+			}
+		}
+	}()
+	select {
+	case <-attached:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("exporter did not attach:\n%s", stderr.String())
+	}
+
+	small, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 64, Name: "vlog_e2e_small", LogLevel: 2, LogSize: 256})
+	if err != nil || small.Errno != syscall.ENOSPC {
+		t.Fatalf("small-buffer load: %v %v", small.Errno, err)
+	}
+	ok, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_e2e_ok", LogLevel: 1, LogSize: 4096})
+	if err != nil || !ok.OK() {
+		t.Fatalf("load: %v %v", ok.Errno, err)
+	}
+
+	lines := make(chan tracer.Record)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var r tracer.Record
+			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+				t.Errorf("not a JSON record: %q: %v", sc.Text(), err)
+				continue
+			}
+			lines <- r
+		}
+		close(lines)
+	}()
+	got := map[string]tracer.Record{}
+	deadline := time.After(60 * time.Second)
+	for len(got) < 2 {
+		select {
+		case r, open := <-lines:
+			if !open {
+				t.Fatalf("exporter output ended early:\n%s", stderr.String())
+			}
+			if r.PID == uint32(os.Getpid()) && strings.HasPrefix(r.ProgName, "vlog_e2e") {
+				got[r.ProgName] = r
+			}
+		case <-deadline:
+			t.Fatalf("records seen: %v", got)
+		}
+	}
+	s := got["vlog_e2e_small"]
+	if s.Command != "BPF_PROG_LOAD" || s.Errno != "ENOSPC" || !s.Truncated || s.LogMode != "rotating" ||
+		s.LogSize != 256 || s.TID != uint32(small.TID) || s.Ret != int64(small.Ret) {
+		t.Errorf("small-buffer record: %+v", s)
+	}
+	if kernelWritesTrueSize() && (s.LogTrueSize == nil || *s.LogTrueSize != small.LogTrueSize || s.LogNeedSource != "kernel") {
+		t.Errorf("small-buffer record true size %v source %q, kernel wrote %d", s.LogTrueSize, s.LogNeedSource, small.LogTrueSize)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, s.Time); err != nil || !strings.HasSuffix(s.Time, "Z") {
+		t.Errorf("time %q is not RFC 3339 UTC: %v", s.Time, err)
+	}
+	o := got["vlog_e2e_ok"]
+	if o.Errno != "" || o.Truncated || o.Ret != int64(ok.Ret) || o.ProgType != "socket_filter" {
+		t.Errorf("ok record: %+v", o)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	for range lines {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exporter exited with %v after SIGINT:\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "msg=detached") {
+		t.Errorf("no detach message:\n%s", stderr.String())
+	}
+	if n := attachedPrograms(t); n != before {
+		t.Errorf("%d tracer programs loaded after exit, %d before start: not detached", n, before)
+	}
+}
+
+func kernelWritesTrueSize() bool {
+	r, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, LogLevel: 1, NoLogBuf: true})
+	return err == nil && r.OK() && r.LogTrueSize > 0
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func TestTableRowsAreAlignedAndHuman(t *testing.T) {
+	var buf bytes.Buffer
+	tw := newTableWriter(&buf, tracer.WallClockWithOffset(0))
+	if err := tw.header(); err != nil {
+		t.Fatal(err)
+	}
+	ev := tracer.LoadEvent{Command: tracer.CmdProgLoad, ProgType: 1, LogLevel: 2, LogSize: 65536, HasLogBuf: true,
+		LogTrueSize: 70000, LogTrueSizeKnown: true, Ret: -28, PID: 1, TID: 2, StartNs: 0, EndNs: 1500000}
+	copy(ev.Comm[:], "cilium-agent")
+	copy(ev.ProgName[:], "tail_call_xdp")
+	if err := tw.row(&ev); err != nil {
+		t.Fatal(err)
+	}
+	btf := tracer.LoadEvent{Command: tracer.CmdBTFLoad, LogLevel: 1, Ret: 5}
+	if err := tw.row(&btf); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("%d lines:\n%s", len(lines), buf.String())
+	}
+	width := len([]rune(lines[0]))
+	for _, l := range lines[1:] {
+		if len([]rune(l)) != width {
+			t.Errorf("line width %d, header %d:\n%s", len([]rune(l)), width, buf.String())
+		}
+	}
+	for _, want := range []string{"64KiB", "68.4KiB", "ENOSPC", "yes", "rotating", "socket_filter", "cilium-agent", "1.5ms"} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("row lacks %q: %s", want, lines[1])
+		}
+	}
+	if !strings.Contains(lines[2], "query") || !strings.Contains(lines[2], " ? ") || !strings.Contains(lines[2], "BTF") {
+		t.Errorf("BTF query row: %s", lines[2])
+	}
+}
+
+func TestHumanBytes(t *testing.T) {
+	for n, want := range map[uint64]string{0: "0B", 128: "128B", 1000000: "976.6KiB", 65536: "64KiB",
+		16 << 20: "16MiB", 16777215: "16.0MiB", 10 * 1024: "10KiB", 5153: "5153B", 640 << 10: "640KiB"} {
+		if got := humanBytes(n); got != want {
+			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
