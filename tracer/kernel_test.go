@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/verifierlog/exporter/internal/kerneltest"
@@ -652,43 +651,29 @@ func TestAutoChoosesFirstWorkingModeAndExplainsTheOthers(t *testing.T) {
 	}
 }
 
-// programsNamed counts loaded BPF programs named name.
-func programsNamed(t *testing.T, name string) int {
-	t.Helper()
-	n := 0
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			return n
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		if info, err := p.Info(); err == nil && info.Name == name {
-			n++
-		}
-		p.Close()
-	}
-}
-
 func TestStopDetachesAndDeliversPendingRecords(t *testing.T) {
 	kerneltest.Require(t)
-	mode := testAttachMode(t)
-	h, err := startHarness(mode)
+	sharedHarness(t) // its programs are not this test's
+	before, err := kerneltest.ProgramIDs(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	progName := map[tracer.AttachMode]string{
-		tracer.AttachFentry:     "fentry_prog_load",
-		tracer.AttachKprobe:     "kprobe_prog_load",
-		tracer.AttachTracepoint: "tracepoint_enter_bpf",
-	}[h.tr.Mode()]
-	attachedCount := programsNamed(t, progName)
-	if attachedCount == 0 {
-		t.Fatalf("no program %s loaded while attached", progName)
+	h, err := startHarness(testAttachMode(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	during, err := kerneltest.ProgramIDs(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := map[uint32]bool{}
+	for id := range during {
+		if !before[id] {
+			ours[id] = true
+		}
+	}
+	if want := map[tracer.AttachMode]int{tracer.AttachFentry: 4, tracer.AttachKprobe: 4, tracer.AttachTracepoint: 2}[h.tr.Mode()]; len(ours) != want {
+		t.Fatalf("%d programs loaded in %s mode, want %d", len(ours), h.tr.Mode(), want)
 	}
 	r := loadProg(t, loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_pending"})
 	h.stop() // right after the load: its record must still be delivered
@@ -701,7 +686,7 @@ func TestStopDetachesAndDeliversPendingRecords(t *testing.T) {
 	if found != 1 {
 		t.Errorf("%d records of the load made just before stop, want 1", found)
 	}
-	if n := programsNamed(t, progName); n != attachedCount-1 {
-		t.Errorf("%d programs %s after stop, want %d", n, progName, attachedCount-1)
+	if left := kerneltest.ProgramsGone(ours, 10*time.Second); len(left) != 0 {
+		t.Errorf("programs %v still loaded after stop", left)
 	}
 }

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/verifierlog/exporter/internal/kerneltest"
 	"github.com/verifierlog/exporter/internal/loadgen"
 	"github.com/verifierlog/exporter/tracer"
@@ -29,37 +27,12 @@ func buildExporter(t *testing.T) string {
 	return bin
 }
 
-// attachedPrograms counts loaded BPF programs with a tracer program name.
-func attachedPrograms(t *testing.T) int {
-	t.Helper()
-	names := map[string]bool{"tracepoint_enter_bpf": true, "tracepoint_exit_bpf": true,
-		"fentry_prog_load": true, "fexit_prog_load": true, "kprobe_prog_load": true, "kretprobe_prog_load": true}
-	n := 0
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			return n
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		if info, err := p.Info(); err == nil && names[info.Name] {
-			n++
-		}
-		p.Close()
-	}
-}
-
 // TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT runs the built binary the
 // way a user does, issues loads whose outcome it knows, and checks the JSON
 // lines against the kernel's answers.
 func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
 	kerneltest.Require(t)
 	bin := buildExporter(t)
-	before := attachedPrograms(t)
 
 	cmd := exec.Command(bin, "trace", "--output", "json", "--attach", envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
 	stdout, err := cmd.StdoutPipe()
@@ -73,8 +46,11 @@ func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 
-	attached := make(chan struct{})
+	// stderr is written by the goroutine below and read by the test only
+	// on failure or after stderrDone.
+	attached, stderrDone := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(stderrDone)
 		sc := bufio.NewScanner(stderrPipe)
 		signalled := false
 		for sc.Scan() {
@@ -89,6 +65,10 @@ func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
 	case <-attached:
 	case <-time.After(60 * time.Second):
 		t.Fatalf("exporter did not attach:\n%s", stderr.String())
+	}
+	progs, err := kerneltest.ProgramIDs(cmd.Process.Pid)
+	if err != nil || len(progs) == 0 {
+		t.Fatalf("exporter holds no BPF programs while attached: %v", err)
 	}
 
 	small, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 64, Name: "vlog_e2e_small", LogLevel: 2, LogSize: 256})
@@ -149,14 +129,15 @@ func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
 	}
 	for range lines {
 	}
+	<-stderrDone // os/exec: all reads must end before Wait
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exporter exited with %v after SIGINT:\n%s", err, stderr.String())
 	}
 	if !strings.Contains(stderr.String(), "msg=detached") {
 		t.Errorf("no detach message:\n%s", stderr.String())
 	}
-	if n := attachedPrograms(t); n != before {
-		t.Errorf("%d tracer programs loaded after exit, %d before start: not detached", n, before)
+	if left := kerneltest.ProgramsGone(progs, 10*time.Second); len(left) != 0 {
+		t.Errorf("programs %v still loaded after the exporter exited", left)
 	}
 }
 
@@ -217,4 +198,3 @@ func TestHumanBytes(t *testing.T) {
 		}
 	}
 }
-

@@ -6,9 +6,15 @@ package kerneltest
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,4 +59,51 @@ func Available() error {
 		return errors.New("the kernel has no BTF (/sys/kernel/btf/vmlinux)")
 	}
 	return nil
+}
+
+// ProgramIDs returns the IDs of the BPF programs that process pid holds
+// file descriptors to, read from /proc/PID/fdinfo. Tests use it to find the
+// programs a tracer loaded without racing other tests' tracers.
+func ProgramIDs(pid int) (map[uint32]bool, error) {
+	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	ids := map[uint32]bool{}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "prog_id:"); ok {
+				if id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
+					ids[uint32(id)] = true
+				}
+			}
+		}
+	}
+	return ids, nil
+}
+
+// ProgramsGone waits up to timeout for the kernel to free the programs ids
+// (the kernel may free a detached program's ID asynchronously) and returns
+// the ones still loaded.
+func ProgramsGone(ids map[uint32]bool, timeout time.Duration) []uint32 {
+	deadline := time.Now().Add(timeout)
+	for {
+		var left []uint32
+		for id := range ids {
+			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+			if err == nil {
+				p.Close()
+				left = append(left, id)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
