@@ -690,3 +690,64 @@ func TestStopDetachesAndDeliversPendingRecords(t *testing.T) {
 		t.Errorf("programs %v still loaded after stop", left)
 	}
 }
+
+func TestFullRingBufferCountsEveryDrop(t *testing.T) {
+	kerneltest.Require(t)
+	// One page holds about fifteen records; while the handler is blocked
+	// the ring fills and every later reservation must be counted.
+	tr, err := tracer.New(tracer.Options{Attach: testAttachMode(t), RingBufferBytes: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	release := make(chan struct{})
+	var delivered []tracer.LoadEvent
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	pid := uint32(os.Getpid())
+	blocked := false
+	go func() {
+		done <- tr.Run(ctx, func(ev *tracer.LoadEvent) {
+			if !blocked {
+				blocked = true
+				<-release
+			}
+			if ev.PID == pid {
+				delivered = append(delivered, *ev)
+			}
+		})
+	}()
+	const loads = 200
+	var results []loadgen.Result
+	for range loads {
+		results = append(results, loadProg(t, loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_full"}))
+	}
+	lost, err := tr.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	ours := 0
+	for _, r := range results {
+		for i := range delivered {
+			if matches(&delivered[i], r) {
+				ours++
+				break
+			}
+		}
+	}
+	full := lost[tracer.LostRingBufferFull]
+	if full == 0 || ours == loads {
+		t.Fatalf("a 4 KiB ring buffer took %d of %d loads with %d drops: it never filled", ours, loads, full)
+	}
+	// Run this package alone (go test -p 1) so that no other process loads
+	// programs meanwhile: then every load is either delivered or counted.
+	if uint64(ours)+full != loads {
+		t.Fatalf("%d delivered + %d counted as ringbuf_full = %d, want the %d loads issued",
+			ours, full, uint64(ours)+full, loads)
+	}
+}

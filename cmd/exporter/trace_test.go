@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,46 +29,123 @@ func buildExporter(t *testing.T) string {
 	return bin
 }
 
-// TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT runs the built binary the
-// way a user does, issues loads whose outcome it knows, and checks the JSON
-// lines against the kernel's answers.
-func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
-	kerneltest.Require(t)
-	bin := buildExporter(t)
+// runningTrace is `exporter trace --output json` started by a test.
+type runningTrace struct {
+	t          *testing.T
+	cmd        *exec.Cmd
+	records    chan tracer.Record
+	stderrDone chan struct{}
+	mu         sync.Mutex
+	stderr     strings.Builder
+}
 
-	cmd := exec.Command(bin, "trace", "--output", "json", "--attach", envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
-	stdout, err := cmd.StdoutPipe()
+// startTrace runs argv (the exporter, or a wrapper that execs it) and
+// waits until it has attached.
+func startTrace(t *testing.T, argv ...string) *runningTrace {
+	t.Helper()
+	rt := &runningTrace{t: t, cmd: exec.Command(argv[0], argv[1:]...), records: make(chan tracer.Record), stderrDone: make(chan struct{})}
+	stdout, err := rt.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
-	stderrPipe, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
+	stderr, err := rt.cmd.StderrPipe()
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
+	if err := rt.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.cmd.Process.Kill() })
 
-	// stderr is written by the goroutine below and read by the test only
-	// on failure or after stderrDone.
-	attached, stderrDone := make(chan struct{}), make(chan struct{})
+	attached := make(chan struct{})
 	go func() {
-		defer close(stderrDone)
-		sc := bufio.NewScanner(stderrPipe)
+		defer close(rt.stderrDone)
+		sc := bufio.NewScanner(stderr)
 		signalled := false
 		for sc.Scan() {
-			stderr.WriteString(sc.Text() + "\n")
+			rt.mu.Lock()
+			rt.stderr.WriteString(sc.Text() + "\n")
+			rt.mu.Unlock()
 			if !signalled && strings.Contains(sc.Text(), "msg=attached") {
 				close(attached)
 				signalled = true
 			}
 		}
 	}()
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var r tracer.Record
+			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+				t.Errorf("not a JSON record: %q: %v", sc.Text(), err)
+				continue
+			}
+			rt.records <- r
+		}
+		close(rt.records)
+	}()
 	select {
 	case <-attached:
+	case <-rt.stderrDone:
+		t.Fatalf("exporter exited before attaching:\n%s", rt.log())
 	case <-time.After(60 * time.Second):
-		t.Fatalf("exporter did not attach:\n%s", stderr.String())
+		t.Fatalf("exporter did not attach:\n%s", rt.log())
 	}
-	progs, err := kerneltest.ProgramIDs(cmd.Process.Pid)
+	return rt
+}
+
+func (rt *runningTrace) log() string {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.stderr.String()
+}
+
+// await returns this process's records whose prog_name is in names.
+func (rt *runningTrace) await(names ...string) map[string]tracer.Record {
+	rt.t.Helper()
+	got := map[string]tracer.Record{}
+	deadline := time.After(60 * time.Second)
+	for len(got) < len(names) {
+		select {
+		case r, open := <-rt.records:
+			if !open {
+				rt.t.Fatalf("exporter output ended early:\n%s", rt.log())
+			}
+			if r.PID == uint32(os.Getpid()) && slices.Contains(names, r.ProgName) {
+				got[r.ProgName] = r
+			}
+		case <-deadline:
+			rt.t.Fatalf("records seen: %v", got)
+		}
+	}
+	return got
+}
+
+// stop sends SIGINT and checks for a clean exit.
+func (rt *runningTrace) stop() {
+	rt.t.Helper()
+	if err := rt.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		rt.t.Fatal(err)
+	}
+	for range rt.records {
+	}
+	<-rt.stderrDone // os/exec: all reads must end before Wait
+	if err := rt.cmd.Wait(); err != nil {
+		rt.t.Fatalf("exporter exited with %v after SIGINT:\n%s", err, rt.log())
+	}
+	if !strings.Contains(rt.log(), "msg=detached") {
+		rt.t.Errorf("no detach message:\n%s", rt.log())
+	}
+}
+
+// TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT runs the built binary the
+// way a user does, issues loads whose outcome it knows, and checks the JSON
+// lines against the kernel's answers.
+func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	rt := startTrace(t, bin, "trace", "--output", "json", "--attach", envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	progs, err := kerneltest.ProgramIDs(rt.cmd.Process.Pid)
 	if err != nil || len(progs) == 0 {
 		t.Fatalf("exporter holds no BPF programs while attached: %v", err)
 	}
@@ -79,35 +158,7 @@ func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
 	if err != nil || !ok.OK() {
 		t.Fatalf("load: %v %v", ok.Errno, err)
 	}
-
-	lines := make(chan tracer.Record)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var r tracer.Record
-			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-				t.Errorf("not a JSON record: %q: %v", sc.Text(), err)
-				continue
-			}
-			lines <- r
-		}
-		close(lines)
-	}()
-	got := map[string]tracer.Record{}
-	deadline := time.After(60 * time.Second)
-	for len(got) < 2 {
-		select {
-		case r, open := <-lines:
-			if !open {
-				t.Fatalf("exporter output ended early:\n%s", stderr.String())
-			}
-			if r.PID == uint32(os.Getpid()) && strings.HasPrefix(r.ProgName, "vlog_e2e") {
-				got[r.ProgName] = r
-			}
-		case <-deadline:
-			t.Fatalf("records seen: %v", got)
-		}
-	}
+	got := rt.await("vlog_e2e_small", "vlog_e2e_ok")
 	s := got["vlog_e2e_small"]
 	if s.Command != "BPF_PROG_LOAD" || s.Errno != "ENOSPC" || !s.Truncated || s.LogMode != "rotating" ||
 		s.LogSize != 256 || s.TID != uint32(small.TID) || s.Ret != int64(small.Ret) {
@@ -124,21 +175,32 @@ func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
 		t.Errorf("ok record: %+v", o)
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	for range lines {
-	}
-	<-stderrDone // os/exec: all reads must end before Wait
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("exporter exited with %v after SIGINT:\n%s", err, stderr.String())
-	}
-	if !strings.Contains(stderr.String(), "msg=detached") {
-		t.Errorf("no detach message:\n%s", stderr.String())
-	}
+	rt.stop()
 	if left := kerneltest.ProgramsGone(progs, 10*time.Second); len(left) != 0 {
 		t.Errorf("programs %v still loaded after the exporter exited", left)
 	}
+}
+
+// TestTraceMountsTracefsWhenMissing runs the exporter in a mount namespace
+// without tracefs: in tracepoint mode it must mount it and trace.
+func TestTraceMountsTracefsWhenMissing(t *testing.T) {
+	kerneltest.Require(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		kerneltest.Unavailable(t, "unshare (util-linux) is not installed")
+	}
+	bin := buildExporter(t)
+	script := `umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null
+grep -q ' tracefs ' /proc/self/mounts && { echo "tracefs still mounted" >&2; exit 99; }
+exec "$0" trace --output json --attach tracepoint`
+	rt := startTrace(t, "unshare", "--mount", "--propagation", "private", "sh", "-c", script, bin)
+	r, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_e2e_tfs"})
+	if err != nil || !r.OK() {
+		t.Fatalf("load: %v %v", r.Errno, err)
+	}
+	if rec := rt.await("vlog_e2e_tfs")["vlog_e2e_tfs"]; rec.Ret != int64(r.Ret) || rec.AttachMode != "tracepoint" {
+		t.Errorf("record %+v", rec)
+	}
+	rt.stop()
 }
 
 func kernelWritesTrueSize() bool {
