@@ -244,7 +244,7 @@ hostname vmtest
 . /etc/vmtest.env
 # Boot is quiet; while the test runs, kernel warnings and worse reach the console.
 echo "$VMTEST_LOGLEVEL" > /proc/sys/kernel/printk
-echo "VMTEST_BOOTED uptime=$(cut -d' ' -f1 /proc/uptime)s kernel=$(uname -r)"
+echo; echo "VMTEST_BOOTED uptime=$(cut -d' ' -f1 /proc/uptime)s kernel=$(uname -r)"
 cd /work
 if [ -s /etc/vmtest.pre ]; then
 	sh -c '. /etc/vmtest.pre'
@@ -283,13 +283,14 @@ timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" </dev/null 2>&1 |
 		line=${line//$'\r'/}
 		if [[ $line == *$'\e'* ]]; then
 			line=${line//$'\e'\[*([0-9;?])[A-Za-z]/}
-			line=${line//$'\e'[c()]?([0-9A-Za-z])/}
+			line=${line//$'\e'[()][0-9A-Za-z]/}
+			line=${line//$'\e'[c78=>]/}
 		fi
 		printf '%s\n' "$line" >>"$log"
 		case $line in
-		VMTEST_BOOTED*) say "guest booted in $(elapsed "$t_boot")s (${line#VMTEST_BOOTED })" ;;
+		*VMTEST_BOOTED\ *) say "guest booted in $(elapsed "$t_boot")s (${line#*VMTEST_BOOTED })" ;;
 		"$marker="*" id=$nonce") ;;
-		SeaBIOS*|iPXE*|Booting\ from*) ;;
+		SeaBIOS*|iPXE*|Booting\ from*|*"] reboot: Power down") ;;
 		*) printf '%s\n' "$line" ;;
 		esac
 	done
@@ -318,6 +319,7 @@ fi
 if grep -q 'Kernel panic' "$log"; then
 	say "error: $pkg: the guest kernel panicked before the test reported its exit code:"
 	grep -m1 'Kernel panic' "$log" >&2
+	kernel_trouble=$(grep -v 'Kernel panic' <<<"$kernel_trouble" || true)
 else
 	say "error: $pkg: the guest stopped (qemu exit $qemu_rc) without reporting the test's exit code"
 fi
