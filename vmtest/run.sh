@@ -5,7 +5,7 @@
 #
 # KERNEL is a kernel series (6.1, 6.12, ...: the newest plain amd64
 # linux-image package of that series that apt knows) or a full Debian package
-# name (linux-image-6.1.0-41-amd64). TESTBINARY must be static (for Go:
+# name (linux-image-6.1.0-57-amd64). TESTBINARY must be static (for Go:
 # CGO_ENABLED=0 go test -c). It runs as root (pid 1's child) in an initramfs
 # with proc, sysfs, devtmpfs, tracefs, debugfs, bpffs and cgroup2 mounted,
 # with the ENV=VAL pairs exported and the test args as its arguments.
@@ -36,7 +36,7 @@ usage() {
 	cat >&2 <<'EOF'
 usage: vmtest/run.sh KERNEL TESTBINARY [ENV=VAL ...] -- [test args...]
   KERNEL      6.1, 6.12 (newest Debian amd64 kernel of that series) or a
-              Debian package name such as linux-image-6.1.0-41-amd64
+              Debian package name such as linux-image-6.1.0-57-amd64
   TESTBINARY  a static executable, e.g. from CGO_ENABLED=0 go test -c
   ENV=VAL     exported in the guest before the binary runs
   test args   passed to the binary (e.g. -test.v -test.run TestX)
