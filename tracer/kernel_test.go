@@ -337,7 +337,11 @@ func TestTrueSizeSupportMatchesKernelVersion(t *testing.T) {
 
 func TestLogOffLoadIsRecordedWithUnknownTrueSize(t *testing.T) {
 	h := sharedHarness(t)
-	p := loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_off", TrueSizePreset: 777}
+	p := loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_off"}
+	if hasLogTrueSize(t) {
+		// Before 6.4 offset 140 is past the PROG_LOAD attr: non-zero is EINVAL.
+		p.TrueSizePreset = 777
+	}
 	r := loadProg(t, p)
 	if !r.OK() {
 		t.Fatalf("load: %v", r.Errno)
@@ -370,6 +374,18 @@ func TestExactFitBufferLoadsAndTrueSizeEqualsBuffer(t *testing.T) {
 	h := sharedHarness(t)
 	p := loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 40, Name: "vlog_exact", LogLevel: loadgen.LogLevel2}
 	p.LogSize = fullLogSize(t, p)
+	if !hasLogTrueSize(t) {
+		// Before 6.4 a log that fills the buffer to its last byte counts as
+		// full: exactly len+1 is ENOSPC, and one byte more is needed.
+		r := loadProg(t, p)
+		if r.Errno != unix.ENOSPC {
+			t.Fatalf("pre-6.4 kernel answered %v to a buffer of exactly log+NUL, want ENOSPC", r.Errno)
+		}
+		if ev := checkProgRecord(t, h, p, r); !ev.Truncated() {
+			t.Errorf("ENOSPC not recorded as truncated")
+		}
+		p.LogSize++
+	}
 	r := loadProg(t, p)
 	if !r.OK() {
 		t.Fatalf("exact-size load: %v", r.Errno)
@@ -379,7 +395,7 @@ func TestExactFitBufferLoadsAndTrueSizeEqualsBuffer(t *testing.T) {
 		t.Errorf("exact fit reported truncated")
 	}
 	wantTrueSize(t, ev, r)
-	if ev.LogTrueSizeKnown && ev.LogTrueSize != ev.LogSize {
+	if hasLogTrueSize(t) && ev.LogTrueSize != ev.LogSize {
 		t.Errorf("true size %d, buffer %d: want equal", ev.LogTrueSize, ev.LogSize)
 	}
 }
