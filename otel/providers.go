@@ -1,0 +1,99 @@
+package otel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/otlptranslator"
+	"go.opentelemetry.io/contrib/exporters/autoexport"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
+)
+
+// ServiceName is the default service.name; OTEL_SERVICE_NAME overrides it.
+const ServiceName = "verifierlog-exporter"
+
+// Telemetry holds the SDK providers and where they export: a Prometheus
+// registry always (pull, /metrics), OTLP when the standard OTEL_* variables
+// ask for it (push).
+type Telemetry struct {
+	Registry       *prometheus.Registry
+	MeterProvider  *metric.MeterProvider
+	TracerProvider *sdktrace.TracerProvider // nil unless OTEL_TRACES_EXPORTER asks for spans
+	// Pushing says which signals are pushed ("traces", "metrics").
+	Pushing []string
+}
+
+// Setup builds the providers. OTLP is off unless OTEL_TRACES_EXPORTER or
+// OTEL_METRICS_EXPORTER is set (to otlp or console); the protocol,
+// endpoint, headers and intervals come from the OTEL_EXPORTER_OTLP_* and
+// OTEL_METRIC_EXPORT_* variables, the resource from OTEL_SERVICE_NAME and
+// OTEL_RESOURCE_ATTRIBUTES.
+func Setup(ctx context.Context, build BuildInfo) (*Telemetry, error) {
+	res, err := resource.New(ctx,
+		resource.WithAttributes(semconv.ServiceName(ServiceName), semconv.ServiceVersion(build.Version)),
+		resource.WithHost(),
+		resource.WithTelemetrySDK(),
+		resource.WithFromEnv(), // last: the variables win
+	)
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+		return nil, fmt.Errorf("resource: %w", err)
+	}
+
+	t := &Telemetry{Registry: prometheus.NewRegistry()}
+	t.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	promExporter, err := otelprom.New(
+		otelprom.WithRegisterer(t.Registry),
+		otelprom.WithTranslationStrategy(otlptranslator.UnderscoreEscapingWithSuffixes),
+		otelprom.WithoutScopeInfo(),
+		otelprom.WithoutTargetInfo(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("prometheus exporter: %w", err)
+	}
+	metricOpts := []metric.Option{metric.WithResource(res), metric.WithReader(promExporter)}
+
+	switch v := os.Getenv("OTEL_METRICS_EXPORTER"); v {
+	case "", "none":
+	case "prometheus":
+		return nil, errors.New("OTEL_METRICS_EXPORTER=prometheus: the exporter always serves Prometheus on /metrics; set otlp, console or none")
+	default:
+		reader, err := autoexport.NewMetricReader(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("OTEL_METRICS_EXPORTER=%s: %w", v, err)
+		}
+		metricOpts = append(metricOpts, metric.WithReader(reader))
+		t.Pushing = append(t.Pushing, "metrics")
+	}
+	t.MeterProvider = metric.NewMeterProvider(metricOpts...)
+
+	switch v := os.Getenv("OTEL_TRACES_EXPORTER"); v {
+	case "", "none":
+	default:
+		exp, err := autoexport.NewSpanExporter(ctx)
+		if err != nil {
+			_ = t.MeterProvider.Shutdown(ctx)
+			return nil, fmt.Errorf("OTEL_TRACES_EXPORTER=%s: %w", v, err)
+		}
+		t.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithResource(res), sdktrace.WithBatcher(exp))
+		t.Pushing = append(t.Pushing, "traces")
+	}
+	return t, nil
+}
+
+// Shutdown flushes pending spans and metrics and stops the exporters.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	var errs []error
+	if t.TracerProvider != nil {
+		errs = append(errs, t.TracerProvider.Shutdown(ctx))
+	}
+	errs = append(errs, t.MeterProvider.Shutdown(ctx))
+	return errors.Join(errs...)
+}
