@@ -2,6 +2,7 @@
 // BPF_PROG_LOAD and BPF_BTF_LOAD on the node and reports how the loaders'
 // verifier-log buffers fit the logs.
 //
+//	exporter [serve]   Prometheus /metrics, OTLP push when OTEL_* asks
 //	exporter trace     one line per load attempt, until SIGINT/SIGTERM
 //	exporter loadgen   issue loads with chosen log settings (demo, tests)
 //
@@ -29,6 +30,7 @@ func run(args []string) int {
 	app.HelpFlag.Short('h')
 	logLevel := app.Flag("log.level", "Log level: debug, info, warn, error.").Default("info").Enum("debug", "info", "warn", "error")
 
+	serve := newServeCommand(app)
 	trace := newTraceCommand(app)
 	gen := newLoadgenCommand(app)
 
@@ -43,6 +45,8 @@ func run(args []string) int {
 	defer stop()
 
 	switch cmd {
+	case serve.cmd.FullCommand():
+		err = serve.run(ctx, logger)
 	case trace.cmd.FullCommand():
 		err = trace.run(ctx, logger, os.Stdout)
 	case gen.cmd.FullCommand():

@@ -1,0 +1,327 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/verifierlog/exporter/internal/kerneltest"
+	"github.com/verifierlog/exporter/internal/loadgen"
+)
+
+// runningServer is `exporter` (serve) started by a test.
+type runningServer struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	addr   string
+	mu     sync.Mutex
+	stderr strings.Builder
+	done   chan struct{}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startServer runs the exporter with args plus a free listen address, in
+// env (added to this process's), and waits for /healthz.
+func startServer(t *testing.T, bin string, env []string, args ...string) *runningServer {
+	t.Helper()
+	s := &runningServer{t: t, addr: freeAddr(t), done: make(chan struct{})}
+	s.cmd = exec.Command(bin, append([]string{"--web.listen-address=" + s.addr}, args...)...)
+	s.cmd.Env = append(os.Environ(), env...)
+	stderr, err := s.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.cmd.Process.Kill() })
+	go func() {
+		defer close(s.done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			s.mu.Lock()
+			s.stderr.WriteString(sc.Text() + "\n")
+			s.mu.Unlock()
+		}
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return s
+			}
+		}
+		select {
+		case <-s.done:
+			t.Fatalf("exporter exited before serving:\n%s", s.log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exporter not healthy within 60s:\n%s", s.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (s *runningServer) log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stderr.String()
+}
+
+func (s *runningServer) get(path string) (string, error) {
+	resp, err := http.Get("http://" + s.addr + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return string(b), err
+}
+
+// scrape parses /metrics.
+func (s *runningServer) scrape() (string, map[string]*dto.MetricFamily) {
+	s.t.Helper()
+	body, err := s.get("/metrics")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		s.t.Fatalf("parse /metrics: %v", err)
+	}
+	return body, families
+}
+
+// stop sends SIGTERM and checks the exit is clean.
+func (s *runningServer) stop() {
+	s.t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		s.t.Fatal(err)
+	}
+	<-s.done
+	if err := s.cmd.Wait(); err != nil {
+		s.t.Fatalf("exporter exited with %v after SIGTERM:\n%s", err, s.log())
+	}
+}
+
+// series finds the metric of family name whose labels include want.
+func series(families map[string]*dto.MetricFamily, name string, want map[string]string) []*dto.Metric {
+	f := families[name]
+	if f == nil {
+		return nil
+	}
+	var out []*dto.Metric
+next:
+	for _, m := range f.Metric {
+		got := map[string]string{}
+		for _, l := range m.Label {
+			got[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if got[k] != v {
+				continue next
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// bucket is the cumulative count of h at upper bound le.
+func bucket(h *dto.Histogram, le float64) uint64 {
+	for _, b := range h.Bucket {
+		if b.GetUpperBound() == le {
+			return b.GetCumulativeCount()
+		}
+	}
+	return ^uint64(0)
+}
+
+// thisComm is the loader label of this test binary's loads.
+func thisComm(t *testing.T) string {
+	b, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// ciliumStyleChain loads a program the way cilium/ebpf does: a 64 KiB
+// buffer first, then exactly the log_true_size the kernel reported. It
+// returns both results.
+func ciliumStyleChain(t *testing.T, name string) (first, second loadgen.Result) {
+	t.Helper()
+	p := loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 1500, Name: name, LogLevel: loadgen.LogLevel2, LogSize: 64 << 10}
+	first, err := loadgen.LoadProgram(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Errno != syscall.ENOSPC || first.LogTrueSize <= 64<<10 {
+		t.Fatalf("first attempt: %v, true size %d; want ENOSPC above 64 KiB", first.Errno, first.LogTrueSize)
+	}
+	p.LogSize = first.LogTrueSize
+	second, err = loadgen.LoadProgram(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !second.OK() || second.LogTrueSize != first.LogTrueSize {
+		t.Fatalf("retry with the true size: %v, true size %d", second.Errno, second.LogTrueSize)
+	}
+	return first, second
+}
+
+// TestServeExportsExactCountsForKnownLoads starts the built exporter,
+// issues loads whose sizes and outcomes it knows, and checks the scrape:
+// counter values and histogram buckets.
+func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
+	kerneltest.Require(t)
+	if !kernelWritesTrueSize() {
+		kerneltest.Unavailable(t, "this kernel does not write log_true_size (6.4+), which the expected values assume")
+	}
+	bin := buildExporter(t)
+	s := startServer(t, bin, nil, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+
+	first, _ := ciliumStyleChain(t, "vlog_srv_chain")
+	off, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_srv_off"})
+	if err != nil || !off.OK() {
+		t.Fatalf("log-off load: %v %v", off.Errno, err)
+	}
+	// libbpf 1.1 (Debian 12's bpftool): 16 MiB - 1, attr size 128: no
+	// log_true_size, so the need stays unknown.
+	libbpf, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_srv_libbpf", LogLevel: 1, LogSize: 16<<20 - 1, AttrSize: 128})
+	if err != nil || !libbpf.OK() {
+		t.Fatalf("libbpf-style load: %v %v", libbpf.Errno, err)
+	}
+
+	loader := thisComm(t)
+	cmd := map[string]string{"command": "BPF_PROG_LOAD", "loader": loader}
+	var families map[string]*dto.MetricFamily
+	var body string
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		body, families = s.scrape()
+		if ms := series(families, "bpf_prog_load_attempts", cmd); len(ms) == 1 && ms[0].Histogram.GetSampleCount() >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the three chains did not show in 60 s:\n%s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	counter := func(name string, labels map[string]string) float64 {
+		ms := series(families, name, labels)
+		if len(ms) != 1 {
+			t.Errorf("%s%v: %d series", name, labels, len(ms))
+			return -1
+		}
+		return ms[0].GetCounter().GetValue()
+	}
+	hist := func(name string, labels map[string]string) *dto.Histogram {
+		ms := series(families, name, labels)
+		if len(ms) != 1 {
+			t.Fatalf("%s%v: %d series\n%s", name, labels, len(ms), body)
+		}
+		return ms[0].GetHistogram()
+	}
+	with := func(extra map[string]string) map[string]string {
+		m := map[string]string{"command": "BPF_PROG_LOAD", "loader": loader}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+
+	if v := counter("bpf_prog_loads_total", with(map[string]string{"result": "ENOSPC", "log_mode": "rotating", "prog_type": "socket_filter"})); v != 1 {
+		t.Errorf("ENOSPC loads %v, want 1", v)
+	}
+	if v := counter("bpf_prog_loads_total", with(map[string]string{"result": "ok", "log_mode": "rotating", "prog_type": "socket_filter"})); v != 2 {
+		t.Errorf("ok rotating loads %v, want 2 (the retry and the libbpf-style load)", v)
+	}
+	if v := counter("bpf_prog_loads_total", with(map[string]string{"result": "ok", "log_mode": "off"})); v != 1 {
+		t.Errorf("log-off loads %v, want 1", v)
+	}
+	if v := counter("bpf_verifier_log_undersized_total", cmd); v != 1 {
+		t.Errorf("undersized %v, want 1", v)
+	}
+	if v := counter("bpf_verifier_log_unknown_size_total", cmd); v != 1 {
+		t.Errorf("unknown size %v, want 1 (the attr-128 load)", v)
+	}
+
+	need := float64(first.LogTrueSize)
+	buf := hist("bpf_verifier_log_buffer_bytes", cmd)
+	if buf.GetSampleCount() != 3 || buf.GetSampleSum() != 64<<10+need+16<<20-1 {
+		t.Errorf("buffer bytes count %d sum %v", buf.GetSampleCount(), buf.GetSampleSum())
+	}
+	// 64 KiB sits on a bound; the true size is in the next bucket up.
+	if bucket(buf, 65536) != 1 || bucket(buf, 131072) != 2 || bucket(buf, 16<<20) != 3 || bucket(buf, 8<<20) != 2 {
+		t.Errorf("buffer buckets: le=64K %d le=128K %d le=8M %d le=16M %d", bucket(buf, 65536), bucket(buf, 131072), bucket(buf, 8<<20), bucket(buf, 16<<20))
+	}
+	req := hist("bpf_verifier_log_required_bytes", with(map[string]string{"source": "kernel"}))
+	if req.GetSampleCount() != 1 || req.GetSampleSum() != need {
+		t.Errorf("required bytes count %d sum %v, want one observation of %v", req.GetSampleCount(), req.GetSampleSum(), need)
+	}
+	short := hist("bpf_verifier_log_shortfall_bytes", cmd)
+	if short.GetSampleCount() != 1 || short.GetSampleSum() != need-65536 {
+		t.Errorf("shortfall count %d sum %v, want %v", short.GetSampleCount(), short.GetSampleSum(), need-65536)
+	}
+	att := hist("bpf_prog_load_attempts", cmd)
+	if att.GetSampleCount() != 3 || att.GetSampleSum() != 4 || bucket(att, 1) != 2 || bucket(att, 2) != 3 {
+		t.Errorf("attempts count %d sum %v le1 %d le2 %d: want chains of 2, 1, 1", att.GetSampleCount(), att.GetSampleSum(), bucket(att, 1), bucket(att, 2))
+	}
+	dur := hist("bpf_prog_load_duration_seconds", with(map[string]string{"result": "ENOSPC"}))
+	if dur.GetSampleCount() != 1 || dur.GetSampleSum() <= 0 {
+		t.Errorf("duration count %d sum %v", dur.GetSampleCount(), dur.GetSampleSum())
+	}
+	for _, name := range []string{"verifierlog_exporter_build_info", "verifierlog_exporter_tracer_info"} {
+		if ms := series(families, name, nil); len(ms) != 1 || ms[0].GetGauge().GetValue() != 1 {
+			t.Errorf("%s: %v", name, ms)
+		}
+	}
+	if ms := series(families, "verifierlog_exporter_events_total", nil); len(ms) != 1 || ms[0].GetCounter().GetValue() < 4 {
+		t.Errorf("events_total: %v", ms)
+	}
+	for _, reason := range []string{"ringbuf_full", "inflight_missing", "inflight_update_failed", "inflight_stale", "decode_error"} {
+		if ms := series(families, "verifierlog_exporter_events_lost_total", map[string]string{"reason": reason}); len(ms) != 1 || ms[0].GetCounter().GetValue() != 0 {
+			t.Errorf("events_lost_total{reason=%s}: %v", reason, ms)
+		}
+	}
+
+	if page, err := s.get("/"); err != nil || !strings.Contains(page, "/metrics") {
+		t.Errorf("landing page: %v\n%s", err, page)
+	}
+	s.stop()
+	if !strings.Contains(s.log(), "msg=detached") {
+		t.Errorf("no clean detach in the log:\n%s", s.log())
+	}
+
+}
