@@ -27,9 +27,13 @@ type runningServer struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	addr   string
-	mu     sync.Mutex
-	stderr strings.Builder
-	done   chan struct{}
+	base   string // scheme://addr
+	client *http.Client
+	// user and password, if set, are sent as basic auth.
+	user, password string
+	mu             sync.Mutex
+	stderr         strings.Builder
+	done           chan struct{}
 }
 
 func freeAddr(t *testing.T) string {
@@ -46,7 +50,14 @@ func freeAddr(t *testing.T) string {
 // env (added to this process's), and waits for /healthz.
 func startServer(t *testing.T, bin string, env []string, args ...string) *runningServer {
 	t.Helper()
-	s := &runningServer{t: t, addr: freeAddr(t), done: make(chan struct{})}
+	s := &runningServer{t: t, addr: freeAddr(t), done: make(chan struct{}), client: http.DefaultClient}
+	s.base = "http://" + s.addr
+	return s.start(bin, env, args...)
+}
+
+func (s *runningServer) start(bin string, env []string, args ...string) *runningServer {
+	t := s.t
+	t.Helper()
 	s.cmd = exec.Command(bin, append([]string{"--web.listen-address=" + s.addr}, args...)...)
 	s.cmd.Env = append(os.Environ(), env...)
 	stderr, err := s.cmd.StderrPipe()
@@ -68,7 +79,7 @@ func startServer(t *testing.T, bin string, env []string, args ...string) *runnin
 	}()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + s.addr + "/healthz")
+		resp, err := s.request("/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -93,8 +104,19 @@ func (s *runningServer) log() string {
 	return s.stderr.String()
 }
 
+func (s *runningServer) request(path string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, s.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if s.user != "" {
+		req.SetBasicAuth(s.user, s.password)
+	}
+	return s.client.Do(req)
+}
+
 func (s *runningServer) get(path string) (string, error) {
-	resp, err := http.Get("http://" + s.addr + path)
+	resp, err := s.request(path)
 	if err != nil {
 		return "", err
 	}
