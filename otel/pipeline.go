@@ -33,6 +33,11 @@ type Config struct {
 	// Source feeds the self metrics; nil registers none.
 	Source Source
 	Build  BuildInfo
+	// RecommendWindow is how far back recommended sizes look; 0:
+	// DefaultRecommendWindow.
+	RecommendWindow time.Duration
+	// Now is CLOCK_MONOTONIC in ns (tests replace it); nil: the real one.
+	Now func() uint64
 }
 
 // Pipeline classifies load events, correlates retry chains and records
@@ -47,6 +52,10 @@ type Pipeline struct {
 	loaders *loaderLabels
 	open    map[chainKey]*chain
 	free    []*chain
+
+	needs           map[recommendKey]*needWindow
+	recommendWindow time.Duration
+	now             func() uint64
 
 	loadOpts   *optCache[loadKey]
 	loaderOpts *optCache[loaderKey]
@@ -75,15 +84,27 @@ func New(cfg Config) (*Pipeline, error) {
 		}
 	}
 	p := &Pipeline{
-		clock:   cfg.Clock,
-		window:  uint64(window),
-		in:      in,
-		loaders: newLoaderLabels(cfg.LoaderLimit),
-		open:    make(map[chainKey]*chain),
-		ctx:     context.Background(),
+		needs:           make(map[recommendKey]*needWindow),
+		recommendWindow: cfg.RecommendWindow,
+		now:             cfg.Now,
+		clock:           cfg.Clock,
+		window:          uint64(window),
+		in:              in,
+		loaders:         newLoaderLabels(cfg.LoaderLimit),
+		open:            make(map[chainKey]*chain),
+		ctx:             context.Background(),
 	}
 	if cfg.TracerProvider != nil {
 		p.tracer = cfg.TracerProvider.Tracer(ScopeName)
+	}
+	if p.recommendWindow <= 0 {
+		p.recommendWindow = DefaultRecommendWindow
+	}
+	if p.now == nil {
+		p.now = tracer.MonotonicNow
+	}
+	if err := p.registerRecommendations(meter); err != nil {
+		return nil, err
 	}
 	p.loadOpts = newOptCache(func(k loadKey) []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader),
@@ -246,6 +267,7 @@ func (p *Pipeline) endChain(c *chain) {
 	switch {
 	case c.needSource != NeedUnknown:
 		p.in.requiredBytes.Record(p.ctx, int64(c.need), p.sourceOpts.get(sourceKey{c.key.command, c.loader, c.needSource}).rec...)
+		p.needWindow(recommendKey{c.key.command, c.loader}).add(c.lastEndNs, c.need)
 	case c.logRequested:
 		p.in.unknownSize.Add(p.ctx, 1, cl.add...)
 	}

@@ -29,6 +29,7 @@ type serveCommand struct {
 	web         *web.FlagConfig
 	attach      *string
 	chainWindow *time.Duration
+	recWindow   *time.Duration
 	loaderLimit *int
 	ringBuffer  *int
 	metricsPath *string
@@ -40,6 +41,7 @@ func newServeCommand(app *kingpin.Application) *serveCommand {
 	c.metricsPath = c.cmd.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").String()
 	c.attach = c.cmd.Flag("attach", "Kernel hooks: auto (cheapest that works), fentry, kprobe or tracepoint.").Default("auto").Enum("auto", "fentry", "kprobe", "tracepoint")
 	c.chainWindow = c.cmd.Flag("chain-window", "A retry starting within this long after the previous attempt's end belongs to the same logical load.").Default(otel.DefaultChainWindow.String()).Duration()
+	c.recWindow = c.cmd.Flag("recommend-window", "How far back bpf_verifier_log_recommended_buffer_bytes looks.").Default(otel.DefaultRecommendWindow.String()).Duration()
 	c.loaderLimit = c.cmd.Flag("loader-limit", "Distinct loader label values; later loaders are counted as \"other\".").Default(fmt.Sprint(otel.DefaultLoaderLimit)).Int()
 	c.ringBuffer = c.cmd.Flag("ring-buffer-bytes", "Size of the kernel ring buffer of load records.").Default(fmt.Sprint(tracer.DefaultRingBufferBytes)).Int()
 	return c
@@ -59,7 +61,7 @@ func (c *serveCommand) run(ctx context.Context, logger *slog.Logger) error {
 		return err
 	}
 	cfg := otel.Config{MeterProvider: tel.MeterProvider, Clock: tr.Clock(), ChainWindow: *c.chainWindow,
-		LoaderLimit: *c.loaderLimit, Source: tr, Build: build}
+		LoaderLimit: *c.loaderLimit, RecommendWindow: *c.recWindow, Source: tr, Build: build}
 	if tel.TracerProvider != nil {
 		cfg.TracerProvider = tel.TracerProvider
 	}
