@@ -324,6 +324,16 @@ func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
 	if dur.GetSampleCount() != 1 || dur.GetSampleSum() <= 0 {
 		t.Errorf("duration count %d sum %v", dur.GetSampleCount(), dur.GetSampleSum())
 	}
+	wantRec := uint64(128)
+	for wantRec < uint64(need) {
+		wantRec <<= 1
+	}
+	for _, cov := range []string{"0.99", "1"} {
+		ms := series(families, "bpf_verifier_log_recommended_buffer_bytes", with(map[string]string{"coverage": cov}))
+		if len(ms) != 1 || ms[0].GetGauge().GetValue() != float64(wantRec) {
+			t.Errorf("recommended{coverage=%s}: %v, want %d (the power of two above %v)", cov, ms, wantRec, need)
+		}
+	}
 	for _, name := range []string{"verifierlog_exporter_build_info", "verifierlog_exporter_tracer_info"} {
 		if ms := series(families, name, nil); len(ms) != 1 || ms[0].GetGauge().GetValue() != 1 {
 			t.Errorf("%s: %v", name, ms)
