@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Installs the real back-ends that the end-to-end tests run against
+# (see internal/backends):
+#   - Prometheus and promtool from Debian's "prometheus" package (2.42 on
+#     Debian 12);
+#   - an OpenTelemetry Collector v0.165.0 built with the collector builder
+#     (ocb) from core components plus contrib's file exporter, into
+#     ${VERIFIERLOG_BACKENDS:-/var/cache/verifierlog-backends}/otelcol-0.165.0/otelcol.
+# Idempotent: each step is skipped when its result is already in place.
+set -euo pipefail
+
+OTELCOL_VERSION=0.165.0     # collector core (v0) modules, the builder, contrib's fileexporter
+OTELCOL_STABLE=1.71.0       # the stable (v1) core modules released with it
+CACHE=${VERIFIERLOG_BACKENDS:-/var/cache/verifierlog-backends}
+OTELCOL_DIR=$CACHE/otelcol-$OTELCOL_VERSION
+OTELCOL=$OTELCOL_DIR/otelcol
+
+log() { printf 'backends: %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# ---------------------------------------------------------------- Prometheus
+install_prometheus() {
+	if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+		log "prometheus: already installed"
+		return
+	fi
+	local start=$SECONDS
+	export DEBIAN_FRONTEND=noninteractive
+	# The package would start its own service (prometheus on :9090). Without
+	# systemd, invoke-rc.d asks policy-rc.d; make it say no for the duration
+	# of the install unless the machine already has a policy of its own.
+	local policy=/usr/sbin/policy-rc.d added_policy=
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+		as_root chmod 755 "$policy"
+		added_policy=1
+	fi
+	local apt=(apt-get install -y --no-install-recommends prometheus)
+	local ok=
+	if compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null && as_root "${apt[@]}"; then
+		ok=1
+	else
+		log "prometheus: install failed or no apt lists; running apt-get update"
+		as_root apt-get update
+		as_root "${apt[@]}" && ok=1
+	fi
+	if [ -n "$added_policy" ]; then as_root rm -f "$policy"; fi
+	[ -n "$ok" ] || { log "prometheus: apt-get install failed"; exit 1; }
+	log "prometheus: installed in $((SECONDS - start))s"
+}
+
+# If the package's service did start anyway (a machine with systemd or no
+# policy-rc.d), stop it: tests pick free ports, but nothing should be left
+# listening on :9090 on their behalf.
+stop_package_service() {
+	if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+		as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+	fi
+	local pids
+	pids=$(pgrep -u prometheus -x prometheus 2>/dev/null || true)
+	if [ -n "$pids" ]; then
+		log "prometheus: stopping the package's own prometheus (pid $pids)"
+		# shellcheck disable=SC2086
+		as_root kill $pids || true
+	fi
+}
+
+# --------------------------------------------------------- OTel Collector
+manifest() {
+	cat <<YAML
+dist:
+  module: github.com/verifierlog/exporter/otelcol
+  name: otelcol
+  description: OpenTelemetry Collector for verifierlog end-to-end tests
+  version: $OTELCOL_VERSION
+  output_path: $OTELCOL_DIR/build
+
+receivers:
+  - gomod: go.opentelemetry.io/collector/receiver/otlpreceiver v$OTELCOL_VERSION
+exporters:
+  - gomod: go.opentelemetry.io/collector/exporter/debugexporter v$OTELCOL_VERSION
+  - gomod: github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter v$OTELCOL_VERSION
+processors:
+  - gomod: go.opentelemetry.io/collector/processor/batchprocessor v$OTELCOL_VERSION
+providers:
+  - gomod: go.opentelemetry.io/collector/confmap/provider/envprovider v$OTELCOL_STABLE
+  - gomod: go.opentelemetry.io/collector/confmap/provider/fileprovider v$OTELCOL_STABLE
+  - gomod: go.opentelemetry.io/collector/confmap/provider/yamlprovider v$OTELCOL_STABLE
+YAML
+}
+
+build_collector() {
+	local want
+	want=$(manifest)
+	if [ -x "$OTELCOL" ] && [ "$(cat "$OTELCOL_DIR/manifest.yaml" 2>/dev/null)" = "$want" ]; then
+		log "otelcol: already built at $OTELCOL"
+		return
+	fi
+	command -v go >/dev/null || { log "otelcol: go is not on PATH"; exit 1; }
+	if ! mkdir -p "$OTELCOL_DIR" 2>/dev/null; then
+		as_root mkdir -p "$OTELCOL_DIR"
+		as_root chown "$(id -u):$(id -g)" "$OTELCOL_DIR"
+	fi
+	rm -rf "$OTELCOL_DIR/build"
+	printf '%s\n' "$want" >"$OTELCOL_DIR/manifest.yaml.new"
+
+	local start=$SECONDS builder=$OTELCOL_DIR/ocb
+	if [ ! -x "$builder" ]; then
+		GOBIN=$OTELCOL_DIR go install "go.opentelemetry.io/collector/cmd/builder@v$OTELCOL_VERSION"
+		mv "$OTELCOL_DIR/builder" "$builder"
+		log "otelcol: builder installed in $((SECONDS - start))s"
+	fi
+	start=$SECONDS
+	# ocb runs "go mod tidy", which also resolves the imports of the
+	# dependencies' own tests; fileexporter's tests import contrib's
+	# otlpencodingextension, whose zip the module proxy refuses (403). -e
+	# (picked up from GOFLAGS by "go mod tidy" only) lets tidy go on; the
+	# collector itself does not import it, and "go build" still fails on a
+	# module that really is missing.
+	GOFLAGS="-e=true ${GOFLAGS:-}" "$builder" --config="$OTELCOL_DIR/manifest.yaml.new"
+	mv "$OTELCOL_DIR/build/otelcol" "$OTELCOL.new"
+	mv "$OTELCOL.new" "$OTELCOL"
+	mv "$OTELCOL_DIR/manifest.yaml.new" "$OTELCOL_DIR/manifest.yaml"
+	log "otelcol: built in $((SECONDS - start))s"
+}
+
+total=$SECONDS
+install_prometheus
+stop_package_service
+build_collector
+
+echo "prometheus: $(command -v prometheus) ($(prometheus --version 2>&1 | head -n1))"
+echo "promtool:   $(command -v promtool) ($(promtool --version 2>&1 | head -n1))"
+echo "otelcol:    $OTELCOL ($("$OTELCOL" --version 2>&1 | head -n1))"
+log "done in $((SECONDS - total))s"
