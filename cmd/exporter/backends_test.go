@@ -185,7 +185,28 @@ func TestCollectorReceivesChainSpansAndMetrics(t *testing.T) {
 				len(m.DataPoints) == 0 || len(m.DataPoints[0].ExplicitBounds) != 24 || m.DataPoints[0].ExplicitBounds[0] != 128 {
 				t.Errorf("bpf_verifier_log_buffer_bytes over OTLP: %+v", m)
 			}
+
+			// A failed load leaves its chain open (a retry may follow): SIGTERM
+			// must end it and flush its span before the exporter exits.
+			pending, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 64, Name: name + "_p", LogLevel: 2, LogSize: 256})
+			if err != nil || pending.Errno != syscall.ENOSPC {
+				t.Fatalf("pending load: %v %v", pending.Errno, err)
+			}
 			s.stop()
+			flushed := col.WaitForSpans(t, func(sp []backends.Span) bool {
+				for _, s := range sp {
+					if s.Name == "bpf.load" && s.Attributes["bpf.prog.name"] == name+"_p" {
+						return true
+					}
+				}
+				return false
+			}, 30*time.Second)
+			for _, sp := range flushed {
+				if sp.Name == "bpf.load" && sp.Attributes["bpf.prog.name"] == name+"_p" &&
+					(sp.StatusCode != "Error" || sp.Attributes["bpf.load.attempts"] != int64(1) || sp.Attributes["error.type"] != "ENOSPC") {
+					t.Errorf("chain flushed at shutdown: status %q attrs %v", sp.StatusCode, sp.Attributes)
+				}
+			}
 		})
 	}
 }
