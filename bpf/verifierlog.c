@@ -35,6 +35,18 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define FLAG_ATTR_UNREADABLE (1 << 0) /* the attr copy faulted: bad pointer */
 #define FLAG_TRUE_SIZE_READ (1 << 1)  /* true_size_after holds the post-call value */
 #define FLAG_KERNEL_CALLER (1 << 2)   /* attr came from the kernel (bpf_sys_bpf), attr_size unknown */
+#define FLAG_LOG_MEASURED (1 << 3)    /* log_used: the log's length, NUL excluded */
+#define FLAG_LOG_SCAN_CAPPED (1 << 4) /* no NUL within the scan cap: log_used is a lower bound */
+#define FLAG_LOG_SCAN_FAULT (1 << 5)  /* the log buffer could not be read */
+
+/*
+ * The log of a load that did not end in ENOSPC is NUL-terminated in the
+ * caller's buffer, so its length + 1 is the exact need, also where the
+ * kernel writes no log_true_size. The scan reads at most LOG_SCAN_MAX bytes,
+ * LOG_SCAN_CHUNK at a time (bpf_loop, Linux 5.17+).
+ */
+#define LOG_SCAN_CHUNK 4096
+#define LOG_SCAN_MAX (4 << 20)
 
 /* What the enter hook learned; the exit hook completes it. */
 struct inflight {
@@ -58,7 +70,7 @@ struct load_event {
 	__u32 uid;
 	__u32 gid;
 	__u32 true_size_after; /* log_true_size read back after the call */
-	__u32 _pad;
+	__u32 log_used;        /* with FLAG_LOG_MEASURED: strlen of the log in the caller's buffer */
 	char comm[16];
 };
 
@@ -88,6 +100,14 @@ struct {
 	__type(key, __u64);
 	__type(value, struct inflight);
 } inflight SEC(".maps");
+
+/* Per-CPU bytes the log scan copies into and throws away. Only measure_log uses it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[LOG_SCAN_CHUNK]);
+} scan_scratch SEC(".maps");
 
 /* Per-CPU counts by enum lost_reason. Read by tracer/lost.go. */
 struct {
@@ -160,6 +180,94 @@ static __always_inline int record_enter(__u32 cmd, __u64 uattr, __u32 attr_size,
 	return 0;
 }
 
+struct scan_ctx {
+	__u64 buf;
+	__u32 limit;
+	__u32 len;
+	__u32 flags;
+};
+
+/*
+ * One chunk of the scan. bpf_probe_read_user_str returns n < want when the
+ * NUL is among the bytes read; n == want when it is not, or is the last of
+ * them, so the next chunk starts on that last byte again.
+ */
+static long scan_chunk(__u32 i, struct scan_ctx *c)
+{
+	__u32 key = 0;
+	char *scratch = bpf_map_lookup_elem(&scan_scratch, &key);
+	__u64 off = (__u64)i * (LOG_SCAN_CHUNK - 1);
+	__u64 want;
+	long n;
+
+	if (!scratch || off >= c->limit)
+		return 1;
+	want = c->limit - off;
+	if (want > LOG_SCAN_CHUNK)
+		want = LOG_SCAN_CHUNK;
+	/* Re-bound want where the verifier can see it. */
+	barrier_var(want);
+	want &= 2 * LOG_SCAN_CHUNK - 1;
+	if (want > LOG_SCAN_CHUNK)
+		want = LOG_SCAN_CHUNK;
+	if (want <= 1) {
+		/* A one-byte string read cannot tell NUL from not-NUL. */
+		if (bpf_probe_read_user(scratch, 1, (const void *)(c->buf + off))) {
+			c->flags |= FLAG_LOG_SCAN_FAULT;
+			return 1;
+		}
+		if (scratch[0] == 0) {
+			c->len = off;
+			c->flags |= FLAG_LOG_MEASURED;
+		}
+		return 1;
+	}
+	n = bpf_probe_read_user_str(scratch, want, (const void *)(c->buf + off));
+	if (n <= 0) {
+		c->flags |= FLAG_LOG_SCAN_FAULT;
+		return 1;
+	}
+	if ((__u64)n < want) {
+		c->len = off + n - 1;
+		c->flags |= FLAG_LOG_MEASURED;
+		return 1;
+	}
+	return 0;
+}
+
+/* measure_log scans the caller's log buffer of a load whose log fit. */
+static __always_inline void measure_log(struct load_event *e)
+{
+	struct scan_ctx c = {};
+	__u32 level, size;
+	__u64 buf;
+
+	if (e->in.cmd == BPF_PROG_LOAD) {
+		if (e->in.attr_copied < 40)
+			return;
+		level = *(__u32 *)&e->in.attr[24];
+		size = *(__u32 *)&e->in.attr[28];
+		buf = *(__u64 *)&e->in.attr[32];
+	} else {
+		if (e->in.attr_copied < 28)
+			return;
+		buf = *(__u64 *)&e->in.attr[8];
+		size = *(__u32 *)&e->in.attr[20];
+		level = *(__u32 *)&e->in.attr[24];
+	}
+	if (!level || !size || !buf)
+		return;
+	c.buf = buf;
+	c.limit = size < LOG_SCAN_MAX ? size : LOG_SCAN_MAX;
+	bpf_loop((c.limit + LOG_SCAN_CHUNK - 2) / (LOG_SCAN_CHUNK - 1) + 1, scan_chunk, &c, 0);
+	if (!(c.flags & (FLAG_LOG_MEASURED | FLAG_LOG_SCAN_FAULT)) && size > LOG_SCAN_MAX) {
+		c.len = LOG_SCAN_MAX;
+		c.flags |= FLAG_LOG_SCAN_CAPPED;
+	}
+	e->log_used = c.len;
+	e->in.flags |= c.flags;
+}
+
 static __always_inline int record_exit(__s64 ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -190,7 +298,7 @@ static __always_inline int record_exit(__s64 ret)
 	e->uid = (__u32)uid_gid;
 	e->gid = uid_gid >> 32;
 	e->true_size_after = 0;
-	e->_pad = 0;
+	e->log_used = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 
 	off = e->in.cmd == BPF_PROG_LOAD ? PROG_LOAD_TRUE_SIZE_OFF : BTF_LOAD_TRUE_SIZE_OFF;
@@ -198,6 +306,8 @@ static __always_inline int record_exit(__s64 ret)
 	    bpf_probe_read_user(&e->true_size_after, sizeof(e->true_size_after),
 				(const void *)(e->in.uattr + off)) == 0)
 		e->in.flags |= FLAG_TRUE_SIZE_READ;
+	if (ret != -28 /* ENOSPC: the log did not fit */ && !(e->in.flags & FLAG_KERNEL_CALLER))
+		measure_log(e);
 
 	bpf_ringbuf_submit(e, 0);
 	return 0;

@@ -57,8 +57,11 @@ func (c Class) Headroom(logSize uint32) (float64, bool) {
 // Classify never reports an unknown need as a number.
 func Classify(ev *tracer.LoadEvent) Class {
 	c := Class{Truncated: ev.Truncated(), LogRequested: ev.LogLevel > 0}
-	if ev.LogTrueSizeKnown && c.LogRequested {
-		c.Need, c.NeedSource = ev.LogTrueSize, NeedKernel
+	switch need, source := ev.Need(); source {
+	case "kernel":
+		c.Need, c.NeedSource = need, NeedKernel
+	case "measured":
+		c.Need, c.NeedSource = need, NeedMeasured
 	}
 	hasBuffer := ev.HasLogBuf && c.LogRequested
 	c.Undersized = c.Truncated || (hasBuffer && c.NeedSource != NeedUnknown && c.Need > ev.LogSize)

@@ -14,6 +14,8 @@ const (
 	flagAttrUnreadable = 1 << 0
 	flagTrueSizeRead   = 1 << 1
 	flagKernelCaller   = 1 << 2
+	flagLogMeasured    = 1 << 3
+	flagLogScanCapped  = 1 << 4
 )
 
 // Offsets in union bpf_attr (UAPI, stable).
@@ -99,6 +101,12 @@ func (d *decoder) decode(raw []byte, ev *LoadEvent) error {
 		return fmt.Errorf("record for bpf command %d, which the tracer does not trace", r.In.Cmd)
 	}
 
+	switch {
+	case r.In.Flags&flagLogMeasured != 0:
+		ev.LogUsedSize = r.LogUsed + 1
+	case r.In.Flags&flagLogScanCapped != 0:
+		ev.LogUsedSize, ev.LogUsedAtLeast = r.LogUsed+1, true
+	}
 	if d.trueSizeKnown(ev, &r, attr, trueSizeOff, need) {
 		ev.LogTrueSize = r.TrueSizeAfter
 		ev.LogTrueSizeKnown = true

@@ -251,7 +251,7 @@ func TestRecordJSONHasTheDesignKeys(t *testing.T) {
 	design := []string{"time", "command", "pid", "tid", "comm", "uid", "cgroup_id", "prog_type", "prog_name",
 		"insn_cnt", "attr_size", "log_level", "log_mode", "log_size", "log_true_size", "log_true_size_known",
 		"log_used_size", "log_need_source", "ret", "errno", "truncated", "duration_ns", "attach_mode"}
-	extra := []string{"expected_attach_type", "prog_flags"}
+	extra := []string{"expected_attach_type", "prog_flags", "log_used_size_at_least"}
 	for _, k := range design {
 		if _, ok := got[k]; !ok {
 			t.Errorf("key %q missing", k)

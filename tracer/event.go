@@ -131,6 +131,13 @@ type LoadEvent struct {
 	LogTrueSize      uint32
 	LogTrueSizeKnown bool
 
+	// LogUsedSize is the measured length + 1 of a log that fit: the exact
+	// need, also where the kernel writes no log_true_size; 0 if not
+	// measured (ENOSPC, no log, unreadable buffer). With LogUsedAtLeast the
+	// scan stopped at its cap and the need is at least LogUsedSize.
+	LogUsedSize    uint32
+	LogUsedAtLeast bool
+
 	Ret        int64 // fd or -errno
 	AttachMode AttachMode
 }
@@ -175,6 +182,21 @@ func (e *LoadEvent) LogMode() LogMode {
 // The ENOSPC then replaced the verifier's own verdict.
 func (e *LoadEvent) Truncated() bool {
 	return e.Errno() == unix.ENOSPC && e.HasLogBuf && e.LogLevel > 0
+}
+
+// Need is the buffer size, NUL included, that holds the whole log, and
+// where it came from: "kernel" (log_true_size), "measured" (the log's length
+// + 1 in the caller's buffer), or "" with 0 when unknown.
+func (e *LoadEvent) Need() (uint32, string) {
+	switch {
+	case e.LogLevel == 0:
+		return 0, ""
+	case e.LogTrueSizeKnown:
+		return e.LogTrueSize, "kernel"
+	case e.LogUsedSize > 0 && !e.LogUsedAtLeast:
+		return e.LogUsedSize, "measured"
+	}
+	return 0, ""
 }
 
 // Duration is the time the kernel spent in the load.

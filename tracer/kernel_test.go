@@ -767,3 +767,47 @@ func TestFullRingBufferCountsEveryDrop(t *testing.T) {
 			ours, full, uint64(ours)+full, loads)
 	}
 }
+
+// TestMeasuredLogLengthIsTheExactNeed: for a log that fit, the tracer's
+// measured length + 1 equals the kernel's log_true_size where the kernel
+// writes it, and the log the caller got + 1 everywhere.
+func TestMeasuredLogLengthIsTheExactNeed(t *testing.T) {
+	h := sharedHarness(t)
+	for _, c := range []struct {
+		name string
+		p    loadgen.ProgLoad
+	}{
+		{"rotating", loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 200, LogLevel: loadgen.LogLevel2, LogSize: 1 << 20}},
+		{"multi-chunk", loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 2000, LogLevel: loadgen.LogLevel2, LogSize: 1 << 20}},
+		{"level1", loadgen.ProgLoad{Program: loadgen.Valid, LogLevel: loadgen.LogLevel1, LogSize: 4096}},
+		{"rejected", loadgen.ProgLoad{Program: loadgen.Rejected, Insns: 10, LogLevel: loadgen.LogLevel2, LogSize: 65536}},
+		{"libbpf attr 128", loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 100, LogLevel: loadgen.LogLevel1, LogSize: 16<<20 - 1, AttrSize: 128}},
+	} {
+		c.p.Name = "vlog_meas"
+		r := loadProg(t, c.p)
+		if r.Errno == unix.ENOSPC {
+			t.Fatalf("%s: ENOSPC", c.name)
+		}
+		ev := h.await(t, r)
+		want := uint32(len(r.Log)) + 1
+		if ev.LogUsedSize != want || ev.LogUsedAtLeast {
+			t.Errorf("%s: measured %d (at least %v), the caller's log is %d bytes + NUL", c.name, ev.LogUsedSize, ev.LogUsedAtLeast, len(r.Log))
+		}
+		if ev.LogTrueSizeKnown && ev.LogTrueSize != ev.LogUsedSize {
+			t.Errorf("%s: measured %d, kernel log_true_size %d", c.name, ev.LogUsedSize, ev.LogTrueSize)
+		}
+		need, source := ev.Need()
+		wantSource := "measured"
+		if ev.LogTrueSizeKnown {
+			wantSource = "kernel"
+		}
+		if need != want || source != wantSource {
+			t.Errorf("%s: need %d from %q, want %d from %q", c.name, need, source, want, wantSource)
+		}
+	}
+	// A truncated log is not measured: ENOSPC proves only need > buffer.
+	r := loadProg(t, loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 64, Name: "vlog_meas", LogLevel: loadgen.LogLevel2, LogSize: 256})
+	if ev := h.await(t, r); ev.LogUsedSize != 0 {
+		t.Errorf("ENOSPC load measured at %d", ev.LogUsedSize)
+	}
+}

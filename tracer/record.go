@@ -27,13 +27,16 @@ type Record struct {
 	LogTrueSizeKnown bool    `json:"log_true_size_known"`
 	// LogUsedSize is the measured length + 1 of a log that fit; 0 when not
 	// measured.
-	LogUsedSize   uint32 `json:"log_used_size"`
-	LogNeedSource string `json:"log_need_source"` // "kernel", "measured" or ""
-	Ret           int64  `json:"ret"`
-	Errno         string `json:"errno"`
-	Truncated     bool   `json:"truncated"`
-	DurationNs    uint64 `json:"duration_ns"`
-	AttachMode    string `json:"attach_mode"`
+	LogUsedSize uint32 `json:"log_used_size"`
+	// LogUsedAtLeast: the scan hit its cap; the need is at least
+	// LogUsedSize.
+	LogUsedAtLeast bool   `json:"log_used_size_at_least"`
+	LogNeedSource  string `json:"log_need_source"` // "kernel", "measured" or ""
+	Ret            int64  `json:"ret"`
+	Errno          string `json:"errno"`
+	Truncated      bool   `json:"truncated"`
+	DurationNs     uint64 `json:"duration_ns"`
+	AttachMode     string `json:"attach_mode"`
 }
 
 // RFC3339NanoFixed is RFC 3339 with all nine fractional digits.
@@ -70,8 +73,9 @@ func (e *LoadEvent) Record(clock WallClock) Record {
 	if e.LogTrueSizeKnown {
 		size := e.LogTrueSize
 		r.LogTrueSize = &size
-		r.LogNeedSource = "kernel"
 	}
+	r.LogUsedSize, r.LogUsedAtLeast = e.LogUsedSize, e.LogUsedAtLeast
+	_, r.LogNeedSource = e.Need()
 	return r
 }
 

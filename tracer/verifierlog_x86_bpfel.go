@@ -35,7 +35,7 @@ type verifierlogLoadEvent struct {
 	Uid           uint32
 	Gid           uint32
 	TrueSizeAfter uint32
-	Pad           uint32
+	LogUsed       uint32
 	Comm          [16]int8
 }
 
@@ -56,6 +56,7 @@ const (
 	verifierlogMapEvents              = "events"
 	verifierlogMapInflight            = "inflight"
 	verifierlogMapLost                = "lost"
+	verifierlogMapScanScratch         = "scan_scratch"
 	verifierlogProgFentryBtfLoad      = "fentry_btf_load"
 	verifierlogProgFentryProgLoad     = "fentry_prog_load"
 	verifierlogProgFexitBtfLoad       = "fexit_btf_load"
@@ -128,9 +129,10 @@ type verifierlogProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type verifierlogMapSpecs struct {
-	Events   *ebpf.MapSpec `ebpf:"events"`
-	Inflight *ebpf.MapSpec `ebpf:"inflight"`
-	Lost     *ebpf.MapSpec `ebpf:"lost"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Inflight    *ebpf.MapSpec `ebpf:"inflight"`
+	Lost        *ebpf.MapSpec `ebpf:"lost"`
+	ScanScratch *ebpf.MapSpec `ebpf:"scan_scratch"`
 }
 
 // verifierlogVariableSpecs contains global variables before they are loaded into the kernel.
@@ -161,9 +163,10 @@ func (o *verifierlogObjects) Close() error {
 //
 // It can be passed to loadVerifierlogObjects or ebpf.CollectionSpec.LoadAndAssign.
 type verifierlogMaps struct {
-	Events   *ebpf.Map `ebpf:"events"`
-	Inflight *ebpf.Map `ebpf:"inflight"`
-	Lost     *ebpf.Map `ebpf:"lost"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Inflight    *ebpf.Map `ebpf:"inflight"`
+	Lost        *ebpf.Map `ebpf:"lost"`
+	ScanScratch *ebpf.Map `ebpf:"scan_scratch"`
 }
 
 func (m *verifierlogMaps) Close() error {
@@ -171,6 +174,7 @@ func (m *verifierlogMaps) Close() error {
 		m.Events,
 		m.Inflight,
 		m.Lost,
+		m.ScanScratch,
 	)
 }
 
