@@ -38,6 +38,9 @@ type Config struct {
 	RecommendWindow time.Duration
 	// Now is CLOCK_MONOTONIC in ns (tests replace it); nil: the real one.
 	Now func() uint64
+	// Defaults are the buffer sizes whose effect recommendations report;
+	// nil: WellKnownDefaults.
+	Defaults []Default
 }
 
 // Pipeline classifies load events, correlates retry chains and records
@@ -53,7 +56,8 @@ type Pipeline struct {
 	open    map[chainKey]*chain
 	free    []*chain
 
-	needs           map[recommendKey]*needWindow
+	windows         map[recommendKey]*loaderWindow
+	defaults        []Default
 	recommendWindow time.Duration
 	now             func() uint64
 
@@ -84,7 +88,8 @@ func New(cfg Config) (*Pipeline, error) {
 		}
 	}
 	p := &Pipeline{
-		needs:           make(map[recommendKey]*needWindow),
+		windows:         make(map[recommendKey]*loaderWindow),
+		defaults:        cfg.Defaults,
 		recommendWindow: cfg.RecommendWindow,
 		now:             cfg.Now,
 		clock:           cfg.Clock,
@@ -102,6 +107,9 @@ func New(cfg Config) (*Pipeline, error) {
 	}
 	if p.now == nil {
 		p.now = tracer.MonotonicNow
+	}
+	if p.defaults == nil {
+		p.defaults = WellKnownDefaults
 	}
 	if err := p.registerRecommendations(meter); err != nil {
 		return nil, err
@@ -190,6 +198,7 @@ func (p *Pipeline) recordAttempt(ev *tracer.LoadEvent, loader string, class Clas
 		p.in.shortfall.Record(p.ctx, int64(class.Shortfall), cl.rec...)
 	}
 	p.in.duration.Record(p.ctx, ev.Duration().Seconds(), p.resultOpts.get(resultKey{ev.Command, loader, result}).rec...)
+	p.loaderWindow(recommendKey{ev.Command, loader}).addAttempt(ev.EndNs, ev.LogSize, ev.HasLogBuf && ev.LogLevel > 0, class.Truncated)
 }
 
 // chainKey identifies a logical load (design.md "Retry chains").
@@ -219,6 +228,8 @@ type chain struct {
 	need         uint32
 	needSource   NeedSource
 	logRequested bool
+	tooSmall     uint32 // largest buffer that ended in ENOSPC
+	lastBuffer   uint32 // log_size of the last attempt with a buffer
 
 	span trace.Span
 	ctx  context.Context
@@ -236,6 +247,12 @@ func (c *chain) add(ev *tracer.LoadEvent, class Class) {
 	}
 	if class.LogRequested {
 		c.logRequested = true
+	}
+	if class.Truncated {
+		c.tooSmall = max(c.tooSmall, ev.LogSize)
+	}
+	if ev.HasLogBuf {
+		c.lastBuffer = ev.LogSize
 	}
 	if class.NeedSource != NeedUnknown {
 		c.need, c.needSource = class.Need, class.NeedSource
@@ -267,14 +284,24 @@ func (p *Pipeline) endChain(c *chain) {
 	switch {
 	case c.needSource != NeedUnknown:
 		p.in.requiredBytes.Record(p.ctx, int64(c.need), p.sourceOpts.get(sourceKey{c.key.command, c.loader, c.needSource}).rec...)
-		p.needWindow(recommendKey{c.key.command, c.loader}).add(c.lastEndNs, c.need)
+		p.loaderWindow(recommendKey{c.key.command, c.loader}).addNeed(c.lastEndNs, c.need)
 	case c.logRequested:
 		p.in.unknownSize.Add(p.ctx, 1, cl.add...)
+		p.loaderWindow(recommendKey{c.key.command, c.loader}).addUnknown(c.lastEndNs, c.tooSmall)
 	}
 	if c.span != nil {
 		c.span.SetAttributes(
 			attribute.Int("bpf.load.attempts", c.attempts),
 			attribute.Float64("bpf.load.failed_seconds", time.Duration(c.failedNs).Seconds()))
+		if c.needSource == NeedUnknown && c.logRequested {
+			// What the chain proves of a need nobody measured.
+			if c.tooSmall > 0 {
+				c.span.SetAttributes(attribute.Int("bpf.log.need_above", int(c.tooSmall)))
+			}
+			if c.lastOK && c.lastBuffer > 0 {
+				c.span.SetAttributes(attribute.Int("bpf.log.need_at_most", int(c.lastBuffer)))
+			}
+		}
 		if !c.lastOK {
 			c.span.SetAttributes(attribute.String("error.type", c.lastErrno))
 			c.span.SetStatus(codes.Error, c.lastErrno)

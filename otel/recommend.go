@@ -2,7 +2,9 @@ package otel
 
 import (
 	"context"
+	"math"
 	"math/bits"
+	"sort"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -20,12 +22,30 @@ var Coverages = []struct {
 	Fraction float64
 }{{"0.99", 0.99}, {"1", 1}}
 
+// Default is a loader's default verifier-log buffer size.
+type Default struct {
+	Name  string `json:"name"`
+	Bytes uint32 `json:"bytes"`
+}
+
+// WellKnownDefaults are the defaults design.md lists, as their loaders
+// ship them.
+var WellKnownDefaults = []Default{
+	{"libbpf", 1<<24 - 1}, // UINT32_MAX >> 8
+	{"cilium/ebpf (start)", 64 << 10},
+	{"aya (start)", 10 << 10},
+	{"bpftrace", 1_000_000},
+	{"Cilium", 4 << 20},
+	{"OBI", 640 << 10},
+}
+
 const (
 	minSizeExp = 7  // 128 B, the smallest size bucket
 	maxSizeExp = 30 // 1 GiB, the largest
 	// sizeClasses: one per power of two from 2^7 to 2^30, plus "larger".
 	sizeClasses = maxSizeExp - minSizeExp + 2
 	windowSlots = 24
+	topBuffers  = 8
 )
 
 // sizeClass is the index of the smallest power of two >= n (at least
@@ -49,55 +69,163 @@ func classSize(i int) uint64 {
 	return 1 << (i + minSizeExp)
 }
 
-// needWindow counts needs by size class over a sliding window of
-// windowSlots time slots: memory is fixed whatever the load rate, and the
-// answer is exact, because the recommended sizes are the class bounds.
-type needWindow struct {
-	slotNs uint64
-	slots  [windowSlots]struct {
-		used   bool
-		start  uint64 // the slot's first ns
-		counts [sizeClasses]uint64
+// slot is one time slice of a loader's window. Every field is a count or a
+// sum, so memory is fixed whatever the load rate, and every figure is exact:
+// recommendations because they are class bounds, the defaults because each
+// one keeps its own counts.
+type slot struct {
+	used      bool
+	start     uint64 // the slot's first ns
+	loads     uint64 // logical loads (chains) ended
+	truncated uint64 // attempts that ended in ENOSPC
+	needs     [sizeClasses]uint64
+	maxNeed   uint32
+	// Per configured default: needs it would not have held, and the sum of
+	// bytes it would have left unused for those it held.
+	defTruncated []uint64
+	defWaste     []uint64
+	// Chains whose need stayed unknown, and the largest buffer any of
+	// them proved too small (the need is above it).
+	unknown      uint64
+	unknownAbove uint32
+	buffers      [topBuffers]bufferCount
+	otherBuffers uint64
+}
+
+type bufferCount struct {
+	size uint32
+	n    uint64
+}
+
+// loaderWindow is one (command, loader)'s sliding window of windowSlots
+// slots.
+type loaderWindow struct {
+	slotNs   uint64
+	defaults []Default
+	slots    [windowSlots]slot
+}
+
+func newLoaderWindow(window time.Duration, defaults []Default) *loaderWindow {
+	w := &loaderWindow{slotNs: max(uint64(window)/windowSlots, 1), defaults: defaults}
+	for i := range w.slots {
+		w.slots[i].defTruncated = make([]uint64, len(defaults))
+		w.slots[i].defWaste = make([]uint64, len(defaults))
 	}
+	return w
 }
 
-func newNeedWindow(window time.Duration) *needWindow {
-	return &needWindow{slotNs: max(uint64(window)/windowSlots, 1)}
-}
-
-func (w *needWindow) add(nowNs uint64, need uint32) {
-	start := nowNs - nowNs%w.slotNs
-	s := &w.slots[(nowNs/w.slotNs)%windowSlots]
+// at returns the slot for time ns, cleared if it held an older slice.
+func (w *loaderWindow) at(ns uint64) *slot {
+	start := ns - ns%w.slotNs
+	s := &w.slots[(ns/w.slotNs)%windowSlots]
 	if !s.used || s.start != start {
-		s.used, s.start, s.counts = true, start, [sizeClasses]uint64{}
+		dt, dw := s.defTruncated, s.defWaste
+		clear(dt)
+		clear(dw)
+		*s = slot{used: true, start: start, defTruncated: dt, defWaste: dw}
 	}
-	s.counts[sizeClass(need)]++
+	return s
 }
 
-// totals sums the slots that began less than a window before nowNs (the
-// window is thus exact to one slot, 1/24 of it).
-func (w *needWindow) totals(nowNs uint64) (counts [sizeClasses]uint64, total uint64) {
+// addNeed records a logical load's known need.
+func (w *loaderWindow) addNeed(ns uint64, need uint32) {
+	s := w.at(ns)
+	s.loads++
+	s.needs[sizeClass(need)]++
+	s.maxNeed = max(s.maxNeed, need)
+	for i, d := range w.defaults {
+		if need > d.Bytes {
+			s.defTruncated[i]++
+		} else {
+			s.defWaste[i] += uint64(d.Bytes - need)
+		}
+	}
+}
+
+// addUnknown records a logical load whose need stayed unknown; above is
+// the largest buffer it proved too small (0: none).
+func (w *loaderWindow) addUnknown(ns uint64, above uint32) {
+	s := w.at(ns)
+	s.loads++
+	s.unknown++
+	s.unknownAbove = max(s.unknownAbove, above)
+}
+
+// addAttempt records one attempt's buffer and whether it was truncated.
+func (w *loaderWindow) addAttempt(ns uint64, buffer uint32, hasBuffer, truncated bool) {
+	s := w.at(ns)
+	if truncated {
+		s.truncated++
+	}
+	if !hasBuffer {
+		return
+	}
+	free := -1
+	for i := range s.buffers {
+		switch {
+		case s.buffers[i].n > 0 && s.buffers[i].size == buffer:
+			s.buffers[i].n++
+			return
+		case s.buffers[i].n == 0 && free < 0:
+			free = i
+		}
+	}
+	if free >= 0 {
+		s.buffers[free] = bufferCount{buffer, 1}
+		return
+	}
+	s.otherBuffers++
+}
+
+// summary is a loader's window added up.
+type summary struct {
+	loads, truncated, unknown uint64
+	unknownAbove, maxNeed     uint32
+	needs                     [sizeClasses]uint64
+	known                     uint64
+	defTruncated, defWaste    []uint64
+	buffers                   map[uint32]uint64
+}
+
+// sum adds up the slots that began less than a window before nowNs (the
+// window is exact to one slot, 1/24 of it).
+func (w *loaderWindow) sum(nowNs uint64) summary {
+	out := summary{defTruncated: make([]uint64, len(w.defaults)), defWaste: make([]uint64, len(w.defaults)), buffers: map[uint32]uint64{}}
 	span := w.slotNs * windowSlots
 	for i := range w.slots {
 		s := &w.slots[i]
 		if !s.used || s.start+span <= nowNs {
 			continue
 		}
-		for c, n := range s.counts {
-			counts[c] += n
-			total += n
+		out.loads += s.loads
+		out.truncated += s.truncated
+		out.unknown += s.unknown
+		out.unknownAbove = max(out.unknownAbove, s.unknownAbove)
+		out.maxNeed = max(out.maxNeed, s.maxNeed)
+		for c, n := range s.needs {
+			out.needs[c] += n
+			out.known += n
+		}
+		for d := range w.defaults {
+			out.defTruncated[d] += s.defTruncated[d]
+			out.defWaste[d] += s.defWaste[d]
+		}
+		for _, b := range s.buffers {
+			if b.n > 0 {
+				out.buffers[b.size] += b.n
+			}
 		}
 	}
-	return counts, total
+	return out
 }
 
-// recommend is the smallest class size holding fraction of the needs, and
+// quantile is the smallest class size holding fraction of the needs, and
 // false if there are none (or the answer is above 1 GiB).
-func recommend(counts [sizeClasses]uint64, total uint64, fraction float64) (uint64, bool) {
+func quantile(counts [sizeClasses]uint64, total uint64, fraction float64) (uint64, bool) {
 	if total == 0 {
 		return 0, false
 	}
-	want := uint64(float64(total)*fraction + 0.999999)
+	want := uint64(math.Ceil(float64(total) * fraction))
 	var acc uint64
 	for i, n := range counts {
 		acc += n
@@ -109,17 +237,142 @@ func recommend(counts [sizeClasses]uint64, total uint64, fraction float64) (uint
 	return 0, false
 }
 
-// recommendKey names one recommendation series.
+// recommendKey names one loader's window.
 type recommendKey struct {
 	command tracer.Command
 	loader  string
 }
 
-func (p *Pipeline) needWindow(k recommendKey) *needWindow {
-	w := p.needs[k]
+// DefaultReport is what one default buffer size would have done to a
+// loader's logs.
+type DefaultReport struct {
+	Default
+	// TruncatedFraction of the known needs it would not have held.
+	TruncatedFraction float64 `json:"truncated_fraction"`
+	// AvgWasteBytes is the mean of (size - need) over the needs it held.
+	AvgWasteBytes float64 `json:"avg_waste_bytes"`
+}
+
+// LoaderReport is one (command, loader)'s recommendation.
+type LoaderReport struct {
+	Command string `json:"command"`
+	Loader  string `json:"loader"`
+	// Loads are logical loads (retry chains) ended in the window;
+	// NeedsKnown of them had a known need.
+	Loads      uint64 `json:"loads"`
+	NeedsKnown uint64 `json:"needs_known"`
+	// Truncated counts attempts that ended in ENOSPC.
+	Truncated uint64 `json:"truncated"`
+	// NeedP50/P99 are power-of-two upper bounds; NeedMax is exact.
+	NeedP50Bytes uint64 `json:"need_p50_bytes_at_most"`
+	NeedP99Bytes uint64 `json:"need_p99_bytes_at_most"`
+	NeedMaxBytes uint32 `json:"need_max_bytes"`
+	// Recommended by coverage ("0.99", "1"); absent without known needs.
+	Recommended map[string]uint64 `json:"recommended_bytes"`
+	// TypicalBufferBytes is the loader's most common log_size.
+	TypicalBufferBytes uint32 `json:"typical_buffer_bytes"`
+	// Verdict: "undersized", "right", "oversized by Nx", or "unknown".
+	Verdict string `json:"verdict"`
+	// UnknownNeeds are loads whose need stayed unknown; their need is above
+	// UnknownNeedAboveBytes, the largest buffer they proved too small.
+	UnknownNeeds          uint64          `json:"unknown_needs"`
+	UnknownNeedAboveBytes uint32          `json:"unknown_need_above_bytes"`
+	Defaults              []DefaultReport `json:"defaults"`
+}
+
+// Recommendations is the report of every loader seen in the window.
+type Recommendations struct {
+	WindowSeconds float64        `json:"window_seconds"`
+	Loaders       []LoaderReport `json:"loaders"`
+}
+
+// Recommendations reports, per loader, what its logs needed and what
+// buffer would have held them.
+func (p *Pipeline) Recommendations() Recommendations {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	out := Recommendations{WindowSeconds: p.recommendWindow.Seconds(), Loaders: []LoaderReport{}}
+	for k, w := range p.windows {
+		s := w.sum(now)
+		if s.loads == 0 && s.truncated == 0 && len(s.buffers) == 0 {
+			continue
+		}
+		out.Loaders = append(out.Loaders, report(k, w.defaults, s))
+	}
+	sort.Slice(out.Loaders, func(i, j int) bool {
+		a, b := out.Loaders[i], out.Loaders[j]
+		if a.Loads != b.Loads {
+			return a.Loads > b.Loads
+		}
+		return a.Command+a.Loader < b.Command+b.Loader
+	})
+	return out
+}
+
+func report(k recommendKey, defaults []Default, s summary) LoaderReport {
+	r := LoaderReport{Command: k.command.String(), Loader: k.loader, Loads: s.loads, NeedsKnown: s.known,
+		Truncated: s.truncated, NeedMaxBytes: s.maxNeed, Recommended: map[string]uint64{},
+		UnknownNeeds: s.unknown, UnknownNeedAboveBytes: s.unknownAbove}
+	r.NeedP50Bytes, _ = quantile(s.needs, s.known, 0.5)
+	r.NeedP99Bytes, _ = quantile(s.needs, s.known, 0.99)
+	for _, c := range Coverages {
+		if size, ok := quantile(s.needs, s.known, c.Fraction); ok {
+			r.Recommended[c.Label] = size
+		}
+	}
+	var most uint64
+	for size, n := range s.buffers {
+		if n > most || (n == most && size > r.TypicalBufferBytes) {
+			r.TypicalBufferBytes, most = size, n
+		}
+	}
+	r.Verdict = verdict(r.Recommended["1"], r.TypicalBufferBytes, s.truncated)
+	for i, d := range defaults {
+		dr := DefaultReport{Default: d}
+		if s.known > 0 {
+			dr.TruncatedFraction = float64(s.defTruncated[i]) / float64(s.known)
+			if held := s.known - s.defTruncated[i]; held > 0 {
+				dr.AvgWasteBytes = float64(s.defWaste[i]) / float64(held)
+			}
+		}
+		r.Defaults = append(r.Defaults, dr)
+	}
+	return r
+}
+
+// verdict compares the loader's typical buffer with the size that holds
+// every log seen: undersized if any attempt was truncated or the typical
+// buffer is below it; oversized by Nx from 4x up; right in between.
+func verdict(recommended uint64, typical uint32, truncated uint64) string {
+	switch {
+	case truncated > 0 || (recommended > 0 && typical > 0 && uint64(typical) < recommended):
+		return "undersized"
+	case recommended == 0 || typical == 0:
+		return "unknown"
+	}
+	ratio := float64(typical) / float64(recommended)
+	if ratio >= 4 {
+		return "oversized by " + formatRatio(ratio) + "x"
+	}
+	return "right"
+}
+
+func formatRatio(r float64) string {
+	n := int64(math.Round(r))
+	digits := []byte{}
+	for n > 0 {
+		digits = append([]byte{byte('0' + n%10)}, digits...)
+		n /= 10
+	}
+	return string(digits)
+}
+
+func (p *Pipeline) loaderWindow(k recommendKey) *loaderWindow {
+	w := p.windows[k]
 	if w == nil {
-		w = newNeedWindow(p.recommendWindow)
-		p.needs[k] = w
+		w = newLoaderWindow(p.recommendWindow, p.defaults)
+		p.windows[k] = w
 	}
 	return w
 }
@@ -139,10 +392,10 @@ func (p *Pipeline) registerRecommendations(m metric.Meter) error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		now := p.now()
-		for k, w := range p.needs {
-			counts, total := w.totals(now)
+		for k, w := range p.windows {
+			s := w.sum(now)
 			for _, cov := range Coverages {
-				if size, ok := recommend(counts, total, cov.Fraction); ok {
+				if size, ok := quantile(s.needs, s.known, cov.Fraction); ok {
 					o.ObserveInt64(gauge, int64(size), metric.WithAttributes(
 						attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader),
 						attribute.String("coverage", cov.Label)))

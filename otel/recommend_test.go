@@ -1,6 +1,7 @@
 package otel
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -16,85 +17,134 @@ func TestSizeClassIsTheSmallestPowerOfTwoThatHolds(t *testing.T) {
 	}
 }
 
-func TestRecommendCoverage(t *testing.T) {
-	w := newNeedWindow(time.Hour)
+func TestQuantilesAndDefaultsAreExact(t *testing.T) {
+	defaults := []Default{{"a", 10 << 10}, {"b", 1_000_000}}
+	w := newLoaderWindow(time.Hour, defaults)
 	for range 99 {
-		w.add(1, 5000) // 8 KiB
+		w.addNeed(1, 5000)
 	}
-	w.add(1, 70000) // 128 KiB
-	counts, total := w.totals(2)
-	if total != 100 {
-		t.Fatalf("total %d", total)
+	w.addNeed(1, 70000)
+	s := w.sum(2)
+	if s.known != 100 || s.loads != 100 || s.maxNeed != 70000 {
+		t.Fatalf("summary %+v", s)
 	}
-	if s, ok := recommend(counts, total, 0.99); !ok || s != 8192 {
-		t.Errorf("99%%: %d %v, want 8192", s, ok)
+	if q, ok := quantile(s.needs, s.known, 0.99); !ok || q != 8192 {
+		t.Errorf("99%%: %d %v, want 8192", q, ok)
 	}
-	if s, ok := recommend(counts, total, 1); !ok || s != 131072 {
-		t.Errorf("100%%: %d %v, want 131072", s, ok)
+	if q, ok := quantile(s.needs, s.known, 1); !ok || q != 131072 {
+		t.Errorf("100%%: %d %v, want 131072", q, ok)
 	}
-	w.add(3, 70000) // now 2 of 101 above 8 KiB: 99% needs 128 KiB
-	counts, total = w.totals(3)
-	if s, _ := recommend(counts, total, 0.99); s != 131072 {
-		t.Errorf("99%% of 101 with 2 large: %d, want 131072", s)
+	r := report(recommendKey{loader: "l"}, defaults, s)
+	// 10 KiB truncates the one 70000-byte log; it wastes 10240-5000 on each of the 99 others.
+	if d := r.Defaults[0]; d.TruncatedFraction != 0.01 || d.AvgWasteBytes != 5240 {
+		t.Errorf("10 KiB default: %+v", d)
 	}
-	if _, ok := recommend([sizeClasses]uint64{}, 0, 1); ok {
-		t.Error("recommendation from no data")
+	// 1,000,000 B holds all; waste (99*(1e6-5000) + (1e6-70000)) / 100.
+	if d := r.Defaults[1]; d.TruncatedFraction != 0 || math.Abs(d.AvgWasteBytes-(99*995000+930000)/100.0) > 1e-9 {
+		t.Errorf("1,000,000 B default: %+v", d)
+	}
+	w.addNeed(3, 70000) // 2 of 101 above 8 KiB: 99% needs 128 KiB
+	s = w.sum(3)
+	if q, _ := quantile(s.needs, s.known, 0.99); q != 131072 {
+		t.Errorf("99%% of 101 with 2 large: %d, want 131072", q)
+	}
+	if _, ok := quantile([sizeClasses]uint64{}, 0, 1); ok {
+		t.Error("quantile of nothing")
 	}
 }
 
-func TestNeedWindowForgetsOldSlots(t *testing.T) {
-	w := newNeedWindow(24 * time.Hour)
+func TestWindowForgetsOldSlotsWithFixedMemory(t *testing.T) {
+	w := newLoaderWindow(24*time.Hour, WellKnownDefaults)
 	hour := uint64(time.Hour)
-	w.add(10*hour, 70000)
-	w.add(20*hour, 5000)
-	if _, total := w.totals(20 * hour); total != 2 {
-		t.Fatalf("total %d, want 2", total)
+	w.addNeed(10*hour, 70000)
+	w.addNeed(20*hour, 5000)
+	if s := w.sum(20 * hour); s.known != 2 {
+		t.Fatalf("known %d, want 2", s.known)
 	}
-	// 24 h after the first slot began, it is out; the second is in.
-	counts, total := w.totals(34 * hour)
-	if total != 1 || counts[sizeClass(5000)] != 1 {
-		t.Fatalf("after 24h: total %d", total)
+	if s := w.sum(34 * hour); s.known != 1 || s.maxNeed != 5000 {
+		t.Fatalf("24 h after the first slot began: known %d max %d", s.known, s.maxNeed)
 	}
-	w.add(50*hour, 300) // reuses a ring slot: the old counts must go
-	if _, total := w.totals(50 * hour); total != 1 {
-		t.Fatalf("after reuse: total %d, want 1", total)
+	w.addNeed(50*hour, 300) // reuses a ring slot: its old counts must go
+	if s := w.sum(50 * hour); s.known != 1 || s.defTruncated[0] != 0 {
+		t.Fatalf("after reuse: %+v", s)
 	}
-	// Memory is fixed: a million needs change no size.
 	for i := range 1_000_000 {
-		w.add(50*hour+uint64(i), uint32(i))
+		w.addNeed(50*hour+uint64(i), uint32(i))
+		w.addAttempt(50*hour+uint64(i), uint32(i%20), true, false)
 	}
-	if _, total := w.totals(50*hour + 1_000_000); total != 1_000_001 {
-		t.Fatalf("total %d", total)
+	s := w.sum(50*hour + 1_000_000)
+	if s.known != 1_000_001 || len(s.buffers) != topBuffers {
+		t.Fatalf("known %d, %d buffer sizes tracked (fixed at %d)", s.known, len(s.buffers), topBuffers)
 	}
 }
 
-func TestRecommendedBufferGauge(t *testing.T) {
+func TestVerdict(t *testing.T) {
+	for _, c := range []struct {
+		rec       uint64
+		typical   uint32
+		truncated uint64
+		want      string
+	}{
+		{131072, 65536, 3, "undersized"},
+		{131072, 65536, 0, "undersized"},
+		{131072, 131072, 0, "right"},
+		{131072, 400000, 0, "right"},
+		{131072, 16<<20 - 1, 0, "oversized by 128x"},
+		{0, 65536, 0, "unknown"},
+		{0, 4096, 2, "undersized"},
+	} {
+		if got := verdict(c.rec, c.typical, c.truncated); got != c.want {
+			t.Errorf("recommended %d typical %d truncated %d: %q, want %q", c.rec, c.typical, c.truncated, got, c.want)
+		}
+	}
+}
+
+func TestRecommendationsReportPerLoader(t *testing.T) {
 	r := newRig(t, 0)
 	now := uint64(time.Hour)
 	r.p.now = func() uint64 { return now }
-	for i := range 100 {
-		need := uint32(5000)
-		if i == 0 {
-			need = 70000
-		}
+	// cilium/ebpf style: 64 KiB ENOSPC then the true size, 10 times.
+	for i := range 10 {
 		start := uint64(i) * 10 * ms
-		r.handle(withTrueSize(event("loader", 7, "p", start, start+ms, 1<<20, 3), need))
+		r.handle(withTrueSize(event("cilium-agent", 7, "p", start, start+ms, 65536, enospc), 70000),
+			withTrueSize(event("cilium-agent", 7, "p", start+2*ms, start+3*ms, 70000, 3), 70000))
+	}
+	// An old-kernel loader: ENOSPC at 4 KiB, then the window passes.
+	r.handle(event("old", 8, "q", 0, ms, 4096, enospc))
+	r.p.Sweep(uint64(DefaultChainWindow) + 2*ms)
+
+	rec := r.p.Recommendations()
+	if len(rec.Loaders) != 2 || rec.WindowSeconds != 86400 {
+		t.Fatalf("report %+v", rec)
+	}
+	c := rec.Loaders[0]
+	if c.Loader != "cilium-agent" || c.Loads != 10 || c.NeedsKnown != 10 || c.Truncated != 10 || c.NeedMaxBytes != 70000 ||
+		c.Recommended["1"] != 131072 || c.Recommended["0.99"] != 131072 || c.TypicalBufferBytes != 70000 || c.Verdict != "undersized" {
+		t.Errorf("cilium-agent: %+v", c)
+	}
+	o := rec.Loaders[1]
+	if o.Loader != "old" || o.UnknownNeeds != 1 || o.UnknownNeedAboveBytes != 4096 || o.Verdict != "undersized" || len(o.Recommended) != 0 {
+		t.Errorf("old: %+v", o)
 	}
 	data, _ := r.metric(t, "bpf_verifier_log_recommended_buffer_bytes").(metricdata.Gauge[int64])
 	got := map[string]int64{}
 	for _, dp := range data.DataPoints {
 		got[labels(dp.Attributes.ToSlice())] = dp.Value
 	}
-	want := map[string]int64{
-		"command=BPF_PROG_LOAD,coverage=0.99,loader=loader": 8192,
-		"command=BPF_PROG_LOAD,coverage=1,loader=loader":    131072,
+	if len(got) != 2 || got["command=BPF_PROG_LOAD,coverage=0.99,loader=cilium-agent"] != 131072 || got["command=BPF_PROG_LOAD,coverage=1,loader=cilium-agent"] != 131072 {
+		t.Errorf("recommended gauge %v", got)
 	}
-	if len(got) != 2 || got["command=BPF_PROG_LOAD,coverage=0.99,loader=loader"] != 8192 || got["command=BPF_PROG_LOAD,coverage=1,loader=loader"] != 131072 {
-		t.Errorf("recommended %v, want %v", got, want)
+	var bounded bool
+	for _, s := range r.spans.GetSpans() {
+		if s.Name == "bpf.load" && attrs(s.Attributes)["bpf.prog.name"] == "q" {
+			bounded = attrs(s.Attributes)["bpf.log.need_above"] == "4096"
+		}
+	}
+	if !bounded {
+		t.Error("the unknown-need chain's span does not say need_above=4096")
 	}
 	now += uint64(25 * time.Hour)
-	data, _ = r.metric(t, "bpf_verifier_log_recommended_buffer_bytes").(metricdata.Gauge[int64])
-	if len(data.DataPoints) != 0 {
-		t.Errorf("recommendations outlived the window: %v", data.DataPoints)
+	if rec := r.p.Recommendations(); len(rec.Loaders) != 0 {
+		t.Errorf("recommendations outlived the window: %+v", rec.Loaders)
 	}
 }

@@ -105,6 +105,9 @@ type ProgLoad struct {
 	NullAttr bool
 	// ProgType is prog_type; 0 means BPF_PROG_TYPE_SOCKET_FILTER.
 	ProgType uint32
+	// Comm, if set, is the calling thread's name during the call: the
+	// exporter's loader label (to imitate libbpf, cilium, aya, ...).
+	Comm string
 }
 
 // BTFLoad describes one BPF_BTF_LOAD attempt.
@@ -118,6 +121,7 @@ type BTFLoad struct {
 	TrueSizePreset uint32
 	AttrPtr        uintptr
 	NullAttr       bool
+	Comm           string
 }
 
 // Result is what the kernel answered.
@@ -214,7 +218,7 @@ func LoadProgram(p ProgLoad) (Result, error) {
 	}
 	ne.PutUint32(attr[progTrueSizeOff:], p.TrueSizePreset)
 
-	res := call(cmdProgLoad, attr, attrSize, p.AttrPtr, p.NullAttr)
+	res := call(cmdProgLoad, attr, attrSize, p.AttrPtr, p.NullAttr, p.Comm)
 	runtime.KeepAlive(insns)
 	runtime.KeepAlive(logBuf)
 	res.InsnCnt = uint32(len(insns) / asm.InstructionSize)
@@ -267,7 +271,7 @@ func LoadBTF(b BTFLoad) (Result, error) {
 	ne.PutUint32(attr[24:], b.LogLevel)
 	ne.PutUint32(attr[btfTrueSizeOff:], b.TrueSizePreset)
 
-	res := call(cmdBTFLoad, attr, attrSize, b.AttrPtr, b.NullAttr)
+	res := call(cmdBTFLoad, attr, attrSize, b.AttrPtr, b.NullAttr, b.Comm)
 	runtime.KeepAlive(blob)
 	runtime.KeepAlive(logBuf)
 	res.LogTrueSize = b.TrueSizePreset
@@ -287,7 +291,7 @@ func MapCreate() Result {
 	ne.PutUint32(attr[4:], 4) // key_size
 	ne.PutUint32(attr[8:], 4) // value_size
 	ne.PutUint32(attr[12:], 1)
-	return call(cmdMapCreate, attr, uint32(len(attr)), 0, false)
+	return call(cmdMapCreate, attr, uint32(len(attr)), 0, false, "")
 }
 
 // UnmappedAddress returns an address with no mapping behind it: a page
@@ -306,9 +310,18 @@ func UnmappedAddress() (uintptr, error) {
 
 // call makes the syscall on a locked thread so that the TID it reports is
 // the one the kernel saw.
-func call(cmd uintptr, attr []byte, size uint32, attrPtr uintptr, nullAttr bool) Result {
+func call(cmd uintptr, attr []byte, size uint32, attrPtr uintptr, nullAttr bool, comm string) Result {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if comm != "" {
+		var old [16]byte
+		if err := unix.Prctl(unix.PR_GET_NAME, uintptr(unsafe.Pointer(&old[0])), 0, 0, 0); err == nil {
+			defer unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&old[0])), 0, 0, 0)
+		}
+		name := make([]byte, 16)
+		copy(name[:15], comm)
+		_ = unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0)
+	}
 
 	ptr := uintptr(unsafe.Pointer(&attr[0]))
 	switch {

@@ -76,3 +76,30 @@ func TestInstructionsCounts(t *testing.T) {
 		t.Fatal("ParseProgram accepted an unknown name")
 	}
 }
+
+func TestImitatedLoadersRetryAsTheyShip(t *testing.T) {
+	kerneltest.Require(t)
+	// ~120 KB of level-2 log: over 64 KiB and 100 KiB, under 1 MiB.
+	p := ProgLoad{Program: LongLog, Insns: 1500, Name: "vlog_imit", LogLevel: LogLevel2}
+	cil, err := Imitate(CiliumEBPF, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cil) != 2 || cil[0].Errno != syscall.ENOSPC || !cil[1].OK() {
+		t.Fatalf("cilium/ebpf: %d attempts, first %v", len(cil), cil[0].Errno)
+	}
+	aya, err := Imitate(Aya, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(aya) != 3 || aya[0].Errno != syscall.ENOSPC || aya[1].Errno != syscall.ENOSPC || !aya[2].OK() {
+		t.Fatalf("aya: %d attempts (10 KiB, 100 KiB, 1000 KiB expected)", len(aya))
+	}
+	lib, err := Imitate(Libbpf, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lib) != 1 || !lib[0].OK() || lib[0].AttrSize != 128 {
+		t.Fatalf("libbpf: %d attempts", len(lib))
+	}
+}
