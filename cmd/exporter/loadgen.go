@@ -28,6 +28,8 @@ type loadgenCommand struct {
 	count      *int
 	threads    *int
 	perAttempt *bool
+	imitate    *string
+	comm       *string
 }
 
 func newLoadgenCommand(app *kingpin.Application) *loadgenCommand {
@@ -44,6 +46,8 @@ func newLoadgenCommand(app *kingpin.Application) *loadgenCommand {
 	c.count = c.cmd.Flag("count", "Loads per thread.").Default("1").Int()
 	c.threads = c.cmd.Flag("threads", "Threads loading at once.").Default("1").Int()
 	c.perAttempt = c.cmd.Flag("each", "Print every attempt, not only the summary (default when --count=1 and --threads=1).").Bool()
+	c.imitate = c.cmd.Flag("imitate", "Size the log buffer and retry on ENOSPC as this loader does: libbpf, cilium-ebpf or aya (overrides --log-size and --attr-size).").Enum("libbpf", "cilium-ebpf", "aya")
+	c.comm = c.cmd.Flag("comm", "Thread name during the loads (the exporter's loader label).").String()
 	return c
 }
 
@@ -52,11 +56,17 @@ func (c *loadgenCommand) run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	load := func() (loadgen.Result, error) {
+	load := func() ([]loadgen.Result, error) {
 		if *c.btf {
-			return loadgen.LoadBTF(loadgen.BTFLoad{Types: *c.btfTypes, LogLevel: *c.logLevel, LogSize: *c.logSize, NoLogBuf: *c.noLogBuf, AttrSize: *c.attrSize})
+			r, err := loadgen.LoadBTF(loadgen.BTFLoad{Types: *c.btfTypes, LogLevel: *c.logLevel, LogSize: *c.logSize, NoLogBuf: *c.noLogBuf, AttrSize: *c.attrSize, Comm: *c.comm})
+			return []loadgen.Result{r}, err
 		}
-		return loadgen.LoadProgram(loadgen.ProgLoad{Program: prog, Insns: *c.insns, Name: *c.name, LogLevel: *c.logLevel, LogSize: *c.logSize, NoLogBuf: *c.noLogBuf, AttrSize: *c.attrSize})
+		p := loadgen.ProgLoad{Program: prog, Insns: *c.insns, Name: *c.name, LogLevel: *c.logLevel, LogSize: *c.logSize, NoLogBuf: *c.noLogBuf, AttrSize: *c.attrSize, Comm: *c.comm}
+		if *c.imitate != "" {
+			return loadgen.Imitate(loadgen.Loader(*c.imitate), p)
+		}
+		r, err := loadgen.LoadProgram(p)
+		return []loadgen.Result{r}, err
 	}
 	each := *c.perAttempt || (*c.count == 1 && *c.threads == 1)
 
@@ -75,18 +85,20 @@ func (c *loadgenCommand) run(ctx context.Context, out io.Writer) error {
 				if ctx.Err() != nil {
 					return
 				}
-				r, err := load()
+				rs, err := load()
 				mu.Lock()
 				if err != nil && firstErr == nil {
 					firstErr = err
 				}
-				result := "ok"
-				if r.Errno != 0 {
-					result = unix.ErrnoName(r.Errno)
-				}
-				byResult[result]++
-				if each && err == nil {
-					fmt.Fprintf(out, "tid=%d ret=%d result=%s log_true_size=%d log_len=%d\n", r.TID, r.Ret, result, r.LogTrueSize, len(r.Log))
+				for _, r := range rs {
+					result := "ok"
+					if r.Errno != 0 {
+						result = unix.ErrnoName(r.Errno)
+					}
+					byResult[result]++
+					if each {
+						fmt.Fprintf(out, "tid=%d ret=%d result=%s log_size=%d log_true_size=%d log_len=%d\n", r.TID, r.Ret, result, r.LogSize, r.LogTrueSize, len(r.Log))
+					}
 				}
 				mu.Unlock()
 			}

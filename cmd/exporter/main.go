@@ -4,6 +4,7 @@
 //
 //	exporter [serve]   Prometheus /metrics, OTLP push when OTEL_* asks
 //	exporter trace     one line per load attempt, until SIGINT/SIGTERM
+//	exporter recommend buffer sizes per loader, from a running exporter or a trace
 //	exporter loadgen   issue loads with chosen log settings (demo, tests)
 //
 // This package owns flags, subcommands, signals and output formats; the
@@ -33,6 +34,7 @@ func run(args []string) int {
 	serve := newServeCommand(app)
 	trace := newTraceCommand(app)
 	gen := newLoadgenCommand(app)
+	rec := newRecommendCommand(app)
 
 	cmd, err := app.Parse(args)
 	if err != nil {
@@ -49,6 +51,8 @@ func run(args []string) int {
 		err = serve.run(ctx, logger)
 	case trace.cmd.FullCommand():
 		err = trace.run(ctx, logger, os.Stdout)
+	case rec.cmd.FullCommand():
+		err = rec.run(ctx, logger, os.Stdout)
 	case gen.cmd.FullCommand():
 		err = gen.run(ctx, os.Stdout)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,7 @@ type serveCommand struct {
 	loaderLimit *int
 	ringBuffer  *int
 	metricsPath *string
+	defaults    *defaultsFlag
 }
 
 func newServeCommand(app *kingpin.Application) *serveCommand {
@@ -44,6 +46,7 @@ func newServeCommand(app *kingpin.Application) *serveCommand {
 	c.recWindow = c.cmd.Flag("recommend-window", "How far back bpf_verifier_log_recommended_buffer_bytes looks.").Default(otel.DefaultRecommendWindow.String()).Duration()
 	c.loaderLimit = c.cmd.Flag("loader-limit", "Distinct loader label values; later loaders are counted as \"other\".").Default(fmt.Sprint(otel.DefaultLoaderLimit)).Int()
 	c.ringBuffer = c.cmd.Flag("ring-buffer-bytes", "Size of the kernel ring buffer of load records.").Default(fmt.Sprint(tracer.DefaultRingBufferBytes)).Int()
+	c.defaults = addDefaultsFlag(c.cmd)
 	return c
 }
 
@@ -61,7 +64,7 @@ func (c *serveCommand) run(ctx context.Context, logger *slog.Logger) error {
 		return err
 	}
 	cfg := otel.Config{MeterProvider: tel.MeterProvider, Clock: tr.Clock(), ChainWindow: *c.chainWindow,
-		LoaderLimit: *c.loaderLimit, RecommendWindow: *c.recWindow, Source: tr, Build: build}
+		LoaderLimit: *c.loaderLimit, RecommendWindow: *c.recWindow, Defaults: c.defaults.all(), Source: tr, Build: build}
 	if tel.TracerProvider != nil {
 		cfg.TracerProvider = tel.TracerProvider
 	}
@@ -100,6 +103,12 @@ func (c *serveCommand) run(ctx context.Context, logger *slog.Logger) error {
 		}
 		fmt.Fprintf(w, "ok: attached in %s mode\n", tr.Mode())
 	})
+	mux.HandleFunc("/recommendations", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(pipe.Recommendations())
+	})
 	if *c.metricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "verifierlog exporter",
@@ -107,6 +116,7 @@ func (c *serveCommand) run(ctx context.Context, logger *slog.Logger) error {
 			Version:     build.Version,
 			Links: []web.LandingLinks{
 				{Address: *c.metricsPath, Text: "Metrics"},
+				{Address: "/recommendations", Text: "Recommended buffer sizes (JSON)"},
 				{Address: "/healthz", Text: "Health"},
 			},
 		})

@@ -134,6 +134,7 @@ type Result struct {
 	Log         []byte // the log buffer up to its first NUL
 	TID         int    // the thread that made the call
 	AttrSize    uint32 // the size argument passed
+	LogSize     uint32 // the log_size passed
 	InsnCnt     uint32
 	// StartNs and EndNs bracket the syscall on CLOCK_MONOTONIC, the clock
 	// of the tracer's timestamps.
@@ -222,6 +223,7 @@ func LoadProgram(p ProgLoad) (Result, error) {
 	runtime.KeepAlive(insns)
 	runtime.KeepAlive(logBuf)
 	res.InsnCnt = uint32(len(insns) / asm.InstructionSize)
+	res.LogSize = p.LogSize
 	res.LogTrueSize = p.TrueSizePreset
 	if p.AttrPtr == 0 && !p.NullAttr && attrSize >= ProgLoadAttrSize {
 		res.LogTrueSize = ne.Uint32(attr[progTrueSizeOff:])
@@ -275,6 +277,7 @@ func LoadBTF(b BTFLoad) (Result, error) {
 	runtime.KeepAlive(blob)
 	runtime.KeepAlive(logBuf)
 	res.LogTrueSize = b.TrueSizePreset
+	res.LogSize = b.LogSize
 	if b.AttrPtr == 0 && !b.NullAttr && attrSize >= BTFLoadAttrSize {
 		res.LogTrueSize = ne.Uint32(attr[btfTrueSizeOff:])
 	}
