@@ -120,3 +120,50 @@ func lineWith(out []byte, s string) string {
 	}
 	return ""
 }
+
+// TestRecommendTracesForDuration runs `exporter recommend --duration` and
+// loads while it traces.
+func TestRecommendTracesForDuration(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	cmd := exec.Command(bin, "recommend", "--duration=5s", "--output=json", "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	var log []byte
+	for !bytes.Contains(log, []byte("msg=attached")) {
+		n, err := stderr.Read(buf)
+		if err != nil {
+			t.Fatalf("exporter recommend exited before attaching: %v\n%s", err, log)
+		}
+		log = append(log, buf[:n]...)
+	}
+	go func() { _, _ = bytes.NewBuffer(nil).ReadFrom(stderr) }()
+	rs, err := loadgen.Imitate(loadgen.CiliumEBPF, loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 1500, Name: "vlog_dur", LogLevel: 2, Comm: "dur-imit"})
+	if err != nil || len(rs) != 2 {
+		t.Fatalf("imitated load: %v, %d attempts", err, len(rs))
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exporter recommend: %v", err)
+	}
+	var rec otel.Recommendations
+	if err := json.Unmarshal(stdout.Bytes(), &rec); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, stdout.String())
+	}
+	for _, l := range rec.Loaders {
+		if l.Loader == "dur-imit" {
+			if l.Loads != 1 || l.Truncated != 1 || l.NeedMaxBytes != uint32(len(rs[1].Log))+1 {
+				t.Errorf("dur-imit: %+v", l)
+			}
+			return
+		}
+	}
+	t.Fatalf("no dur-imit in %s", stdout.String())
+}
