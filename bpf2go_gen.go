@@ -6,3 +6,5 @@
 package exporter
 
 //go:generate go tool bpf2go -go-package tracer -output-dir tracer -output-stem verifierlog -tags linux -target amd64,arm64 -type load_event -type lost_reason verifierlog bpf/verifierlog.c -- -I bpf/headers -Wall -Werror
+
+//go:generate go tool bpf2go -go-package bench -output-dir internal/bench -output-stem floor -tags linux -target amd64,arm64 floor bpf/floor.c -- -I bpf/headers -Wall -Werror

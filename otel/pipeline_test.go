@@ -368,3 +368,30 @@ func TestMetricsPathDoesNotAllocate(t *testing.T) {
 		t.Errorf("%.1f allocations per chain of two attempts on the metrics path, want 0", allocs)
 	}
 }
+
+// BenchmarkPipelineHandle is the per-event cost of classification, retry
+// chains and metrics, as `exporter` serve records them (SDK meter provider
+// read by the Prometheus exporter, no spans): a cilium/ebpf-style chain of
+// an ENOSPC and a retry, and a load with the log off.
+func BenchmarkPipelineHandle(b *testing.B) {
+	tel, err := Setup(context.Background(), BuildInfo{Version: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := New(Config{MeterProvider: tel.MeterProvider})
+	if err != nil {
+		b.Fatal(err)
+	}
+	evs := []tracer.LoadEvent{
+		withTrueSize(event("cilium-agent", 10, "a", 0, 2*ms, 65536, enospc), 70000),
+		withTrueSize(event("cilium-agent", 10, "a", 3*ms, 5*ms, 70000, 7), 70000),
+		event("systemd", 1, "sd_fw_egress", 6*ms, 7*ms, 0, 8),
+	}
+	evs[2].LogLevel = 0
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		p.Handle(&evs[i%len(evs)])
+		i++
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/contrib/exporters/autoexport"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
@@ -58,7 +59,9 @@ func Setup(ctx context.Context, build BuildInfo) (*Telemetry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
-	metricOpts := []metric.Option{metric.WithResource(res), metric.WithReader(promExporter)}
+	// No exemplars: the spans are not in the recording context, and the
+	// filter costs every measurement.
+	metricOpts := []metric.Option{metric.WithResource(res), metric.WithReader(promExporter), metric.WithExemplarFilter(exemplar.AlwaysOffFilter)}
 
 	switch v := os.Getenv("OTEL_METRICS_EXPORTER"); v {
 	case "", "none":

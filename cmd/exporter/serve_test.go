@@ -238,10 +238,16 @@ func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
 		t.Fatalf("log-off load: %v %v", off.Errno, err)
 	}
 	// libbpf 1.1 (Debian 12's bpftool): 16 MiB - 1, attr size 128: no
-	// log_true_size, so the need stays unknown.
+	// log_true_size, so the need is the measured one.
 	libbpf, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_srv_libbpf", LogLevel: 1, LogSize: 16<<20 - 1, AttrSize: 128})
 	if err != nil || !libbpf.OK() {
 		t.Fatalf("libbpf-style load: %v %v", libbpf.Errno, err)
+	}
+	// A size query with a 128-byte attr: no buffer to measure, no
+	// log_true_size written back: the need stays unknown.
+	query, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_srv_query", LogLevel: 1, NoLogBuf: true, AttrSize: 128})
+	if err != nil || !query.OK() {
+		t.Fatalf("size query with attr 128: %v %v", query.Errno, err)
 	}
 
 	loader := thisComm(t)
@@ -251,11 +257,11 @@ func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		body, families = s.scrape()
-		if ms := series(families, "bpf_prog_load_attempts", cmd); len(ms) == 1 && ms[0].Histogram.GetSampleCount() >= 3 {
+		if ms := series(families, "bpf_prog_load_attempts", cmd); len(ms) == 1 && ms[0].Histogram.GetSampleCount() >= 4 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the three chains did not show in 60 s:\n%s", body)
+			t.Fatalf("the four chains did not show in 60 s:\n%s", body)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -296,7 +302,10 @@ func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
 		t.Errorf("undersized %v, want 1", v)
 	}
 	if v := counter("bpf_verifier_log_unknown_size_total", cmd); v != 1 {
-		t.Errorf("unknown size %v, want 1 (the attr-128 load)", v)
+		t.Errorf("unknown size %v, want 1 (the attr-128 size query)", v)
+	}
+	if v := counter("bpf_prog_loads_total", with(map[string]string{"result": "ok", "log_mode": "query"})); v != 1 {
+		t.Errorf("query loads %v, want 1", v)
 	}
 
 	need := float64(first.LogTrueSize)
@@ -312,13 +321,17 @@ func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
 	if req.GetSampleCount() != 1 || req.GetSampleSum() != need {
 		t.Errorf("required bytes count %d sum %v, want one observation of %v", req.GetSampleCount(), req.GetSampleSum(), need)
 	}
+	measured := hist("bpf_verifier_log_required_bytes", with(map[string]string{"source": "measured"}))
+	if want := float64(len(libbpf.Log) + 1); measured.GetSampleCount() != 1 || measured.GetSampleSum() != want {
+		t.Errorf("measured required bytes count %d sum %v, want one observation of %v", measured.GetSampleCount(), measured.GetSampleSum(), want)
+	}
 	short := hist("bpf_verifier_log_shortfall_bytes", cmd)
 	if short.GetSampleCount() != 1 || short.GetSampleSum() != need-65536 {
 		t.Errorf("shortfall count %d sum %v, want %v", short.GetSampleCount(), short.GetSampleSum(), need-65536)
 	}
 	att := hist("bpf_prog_load_attempts", cmd)
-	if att.GetSampleCount() != 3 || att.GetSampleSum() != 4 || bucket(att, 1) != 2 || bucket(att, 2) != 3 {
-		t.Errorf("attempts count %d sum %v le1 %d le2 %d: want chains of 2, 1, 1", att.GetSampleCount(), att.GetSampleSum(), bucket(att, 1), bucket(att, 2))
+	if att.GetSampleCount() != 4 || att.GetSampleSum() != 5 || bucket(att, 1) != 3 || bucket(att, 2) != 4 {
+		t.Errorf("attempts count %d sum %v le1 %d le2 %d: want chains of 2, 1, 1, 1", att.GetSampleCount(), att.GetSampleSum(), bucket(att, 1), bucket(att, 2))
 	}
 	dur := hist("bpf_prog_load_duration_seconds", with(map[string]string{"result": "ENOSPC"}))
 	if dur.GetSampleCount() != 1 || dur.GetSampleSum() <= 0 {
@@ -339,7 +352,7 @@ func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
 			t.Errorf("%s: %v", name, ms)
 		}
 	}
-	if ms := series(families, "verifierlog_exporter_events_total", nil); len(ms) != 1 || ms[0].GetCounter().GetValue() < 4 {
+	if ms := series(families, "verifierlog_exporter_events_total", nil); len(ms) != 1 || ms[0].GetCounter().GetValue() < 5 {
 		t.Errorf("events_total: %v", ms)
 	}
 	for _, reason := range []string{"ringbuf_full", "inflight_missing", "inflight_update_failed", "inflight_stale", "decode_error"} {
