@@ -441,7 +441,11 @@ int tracepoint_exit_bpf(struct sys_exit_bpf_ctx *ctx)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
-	if (!is_load_cmd((__u32)PT_REGS_PARM1_CORE_SYSCALL(regs)))
+	/*
+	 * bpf_task_pt_regs returns a BTF pointer: read the register directly
+	 * (a CO-RE-relocated load, no helper call) on this hot path.
+	 */
+	if (!is_load_cmd((__u32)PT_REGS_PARM1_SYSCALL(regs)))
 		return 0;
 	return record_exit(ctx->ret);
 }
