@@ -80,6 +80,8 @@ receivers:
 exporters:
   - gomod: go.opentelemetry.io/collector/exporter/debugexporter v$OTELCOL_VERSION
   - gomod: github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter v$OTELCOL_VERSION
+  - gomod: go.opentelemetry.io/collector/exporter/otlpexporter v$OTELCOL_VERSION
+  - gomod: go.opentelemetry.io/collector/exporter/otlphttpexporter v$OTELCOL_VERSION
 processors:
   - gomod: go.opentelemetry.io/collector/processor/batchprocessor v$OTELCOL_VERSION
 providers:
