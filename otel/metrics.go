@@ -2,7 +2,6 @@ package otel
 
 import (
 	"context"
-	"fmt"
 	"runtime/debug"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -41,65 +40,41 @@ const (
 	keyReason   = "reason"
 )
 
-// instruments are the metrics of design.md, by their Prometheus names.
+// instruments are the per-event metrics of design.md, by their
+// Prometheus names, recorded through the Recorder.
 type instruments struct {
-	loads         metric.Int64Counter   // bpf_prog_loads_total
-	bufferBytes   metric.Int64Histogram // bpf_verifier_log_buffer_bytes
-	requiredBytes metric.Int64Histogram // bpf_verifier_log_required_bytes
-	undersized    metric.Int64Counter   // bpf_verifier_log_undersized_total
-	shortfall     metric.Int64Histogram // bpf_verifier_log_shortfall_bytes
-	unknownSize   metric.Int64Counter   // bpf_verifier_log_unknown_size_total
-	duration      metric.Float64Histogram
-	attempts      metric.Int64Histogram // bpf_prog_load_attempts
+	loads         *instrument // bpf_prog_loads_total
+	bufferBytes   *instrument // bpf_verifier_log_buffer_bytes
+	requiredBytes *instrument // bpf_verifier_log_required_bytes
+	undersized    *instrument // bpf_verifier_log_undersized_total
+	shortfall     *instrument // bpf_verifier_log_shortfall_bytes
+	unknownSize   *instrument // bpf_verifier_log_unknown_size_total
+	duration      *instrument // bpf_prog_load_duration_seconds
+	attempts      *instrument // bpf_prog_load_attempts
 }
 
-func newInstruments(m metric.Meter) (*instruments, error) {
-	var (
-		in   instruments
-		errs []error
-	)
-	check := func(err error) {
-		if err != nil {
-			errs = append(errs, err)
-		}
+// numInstruments sizes attrOpts.series.
+const numInstruments = 8
+
+func newInstruments(r *Recorder) *instruments {
+	return &instruments{
+		loads: r.newInstrument("bpf_prog_loads",
+			"BPF program and BTF load attempts, by command, loader, program type, log mode and result (ok or the errno).", "{attempt}", kindSum, nil),
+		bufferBytes: r.newInstrument("bpf_verifier_log_buffer_bytes",
+			"log_size of load attempts that passed a verifier-log buffer.", "By", kindIntHistogram, SizeBuckets),
+		requiredBytes: r.newInstrument("bpf_verifier_log_required_bytes",
+			"Verifier-log buffer size, NUL included, that holds a load's whole log; one observation per load (retry chain); source kernel (log_true_size) or measured.", "By", kindIntHistogram, SizeBuckets),
+		undersized: r.newInstrument("bpf_verifier_log_undersized",
+			"Load attempts whose log buffer was too small: ENOSPC, or a known need above log_size.", "{attempt}", kindSum, nil),
+		shortfall: r.newInstrument("bpf_verifier_log_shortfall_bytes",
+			"Need minus buffer size of undersized attempts whose need is known.", "By", kindIntHistogram, SizeBuckets),
+		unknownSize: r.newInstrument("bpf_verifier_log_unknown_size",
+			"Loads (retry chains) that asked for a log but whose need stayed unknown (kernel before 6.4, attr too short for log_true_size).", "{load}", kindSum, nil),
+		duration: r.newInstrument("bpf_prog_load_duration_seconds",
+			"Time the kernel spent in each load attempt.", "s", kindFloatHistogram, DurationBuckets),
+		attempts: r.newInstrument("bpf_prog_load_attempts",
+			"Attempts per logical load (retry chain).", "{attempt}", kindIntHistogram, AttemptBuckets),
 	}
-	var err error
-	in.loads, err = m.Int64Counter("bpf_prog_loads",
-		metric.WithDescription("BPF program and BTF load attempts, by command, loader, program type, log mode and result (ok or the errno)."),
-		metric.WithUnit("{attempt}"))
-	check(err)
-	in.bufferBytes, err = m.Int64Histogram("bpf_verifier_log_buffer_bytes",
-		metric.WithDescription("log_size of load attempts that passed a verifier-log buffer."),
-		metric.WithUnit("By"), metric.WithExplicitBucketBoundaries(SizeBuckets...))
-	check(err)
-	in.requiredBytes, err = m.Int64Histogram("bpf_verifier_log_required_bytes",
-		metric.WithDescription("Verifier-log buffer size, NUL included, that holds a load's whole log; one observation per load (retry chain); source kernel (log_true_size) or measured."),
-		metric.WithUnit("By"), metric.WithExplicitBucketBoundaries(SizeBuckets...))
-	check(err)
-	in.undersized, err = m.Int64Counter("bpf_verifier_log_undersized",
-		metric.WithDescription("Load attempts whose log buffer was too small: ENOSPC, or a known need above log_size."),
-		metric.WithUnit("{attempt}"))
-	check(err)
-	in.shortfall, err = m.Int64Histogram("bpf_verifier_log_shortfall_bytes",
-		metric.WithDescription("Need minus buffer size of undersized attempts whose need is known."),
-		metric.WithUnit("By"), metric.WithExplicitBucketBoundaries(SizeBuckets...))
-	check(err)
-	in.unknownSize, err = m.Int64Counter("bpf_verifier_log_unknown_size",
-		metric.WithDescription("Loads (retry chains) that asked for a log but whose need stayed unknown (kernel before 6.4, attr too short for log_true_size)."),
-		metric.WithUnit("{load}"))
-	check(err)
-	in.duration, err = m.Float64Histogram("bpf_prog_load_duration_seconds",
-		metric.WithDescription("Time the kernel spent in each load attempt."),
-		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(DurationBuckets...))
-	check(err)
-	in.attempts, err = m.Int64Histogram("bpf_prog_load_attempts",
-		metric.WithDescription("Attempts per logical load (retry chain)."),
-		metric.WithUnit("{attempt}"), metric.WithExplicitBucketBoundaries(AttemptBuckets...))
-	check(err)
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("create instruments: %v", errs)
-	}
-	return &in, nil
 }
 
 // Source is what the self metrics read from the tracer.

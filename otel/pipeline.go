@@ -24,7 +24,13 @@ const maxOpenChains = 1 << 16
 
 // Config configures a Pipeline.
 type Config struct {
-	MeterProvider metric.MeterProvider // required
+	// MeterProvider holds the metrics read at collection (self metrics,
+	// recommendations); required.
+	MeterProvider metric.MeterProvider
+	// Recorder holds the per-event metrics; the MeterProvider's readers
+	// must have it as a producer (Setup does). nil: a Recorder of its own,
+	// read by no one.
+	Recorder *Recorder
 	// TracerProvider exports spans; nil records none (and costs nothing).
 	TracerProvider trace.TracerProvider
 	Clock          tracer.WallClock
@@ -51,6 +57,7 @@ type Pipeline struct {
 	clock   tracer.WallClock
 	window  uint64 // ns
 	in      *instruments
+	rec     *Recorder
 	tracer  trace.Tracer // nil: no spans
 	loaders *loaderLabels
 	open    map[chainKey]*chain
@@ -78,10 +85,11 @@ func New(cfg Config) (*Pipeline, error) {
 		window = DefaultChainWindow
 	}
 	meter := cfg.MeterProvider.Meter(ScopeName)
-	in, err := newInstruments(meter)
-	if err != nil {
-		return nil, err
+	rec := cfg.Recorder
+	if rec == nil {
+		rec = NewRecorder()
 	}
+	in := newInstruments(rec)
 	if cfg.Source != nil {
 		if err := registerSelfMetrics(meter, cfg.Source, cfg.Build); err != nil {
 			return nil, err
@@ -95,6 +103,7 @@ func New(cfg Config) (*Pipeline, error) {
 		clock:           cfg.Clock,
 		window:          uint64(window),
 		in:              in,
+		rec:             rec,
 		loaders:         newLoaderLabels(cfg.LoaderLimit),
 		open:            make(map[chainKey]*chain),
 		ctx:             context.Background(),
@@ -134,6 +143,8 @@ func New(cfg Config) (*Pipeline, error) {
 func (p *Pipeline) Handle(ev *tracer.LoadEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.rec.mu.Lock()
+	defer p.rec.mu.Unlock()
 
 	loader := p.loaders.label(ev.Comm)
 	class := Classify(ev)
@@ -161,6 +172,8 @@ func (p *Pipeline) Handle(ev *tracer.LoadEvent) {
 func (p *Pipeline) Sweep(nowNs uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.rec.mu.Lock()
+	defer p.rec.mu.Unlock()
 	for _, c := range p.open {
 		if nowNs > c.lastEndNs+p.window {
 			p.endChain(c)
@@ -172,6 +185,8 @@ func (p *Pipeline) Sweep(nowNs uint64) {
 func (p *Pipeline) Flush() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.rec.mu.Lock()
+	defer p.rec.mu.Unlock()
 	for _, c := range p.open {
 		p.endChain(c)
 	}
@@ -186,18 +201,18 @@ func (p *Pipeline) OpenChains() int {
 
 func (p *Pipeline) recordAttempt(ev *tracer.LoadEvent, loader string, class Class) {
 	result := resultLabel(ev)
-	p.in.loads.Add(p.ctx, 1, p.loadOpts.get(loadKey{ev.Command, loader, progTypeLabel(ev), ev.LogMode(), result}).add...)
+	p.rec.add(p.in.loads, p.loadOpts.get(loadKey{ev.Command, loader, progTypeLabel(ev), ev.LogMode(), result}), 1)
 	cl := p.loaderOpts.get(loaderKey{ev.Command, loader})
 	if ev.HasLogBuf && ev.LogLevel > 0 {
-		p.in.bufferBytes.Record(p.ctx, int64(ev.LogSize), cl.rec...)
+		p.rec.observe(p.in.bufferBytes, cl, float64(ev.LogSize))
 	}
 	if class.Undersized {
-		p.in.undersized.Add(p.ctx, 1, cl.add...)
+		p.rec.add(p.in.undersized, cl, 1)
 	}
 	if class.ShortfallKnown {
-		p.in.shortfall.Record(p.ctx, int64(class.Shortfall), cl.rec...)
+		p.rec.observe(p.in.shortfall, cl, float64(class.Shortfall))
 	}
-	p.in.duration.Record(p.ctx, ev.Duration().Seconds(), p.resultOpts.get(resultKey{ev.Command, loader, result}).rec...)
+	p.rec.observe(p.in.duration, p.resultOpts.get(resultKey{ev.Command, loader, result}), ev.Duration().Seconds())
 	p.loaderWindow(recommendKey{ev.Command, loader}).addAttempt(ev.EndNs, ev.LogSize, ev.HasLogBuf && ev.LogLevel > 0, class.Truncated)
 }
 
@@ -280,13 +295,13 @@ func (p *Pipeline) startChain(key chainKey, ev *tracer.LoadEvent, loader string)
 func (p *Pipeline) endChain(c *chain) {
 	delete(p.open, c.key)
 	cl := p.loaderOpts.get(loaderKey{c.key.command, c.loader})
-	p.in.attempts.Record(p.ctx, int64(c.attempts), cl.rec...)
+	p.rec.observe(p.in.attempts, cl, float64(c.attempts))
 	switch {
 	case c.needSource != NeedUnknown:
-		p.in.requiredBytes.Record(p.ctx, int64(c.need), p.sourceOpts.get(sourceKey{c.key.command, c.loader, c.needSource}).rec...)
+		p.rec.observe(p.in.requiredBytes, p.sourceOpts.get(sourceKey{c.key.command, c.loader, c.needSource}), float64(c.need))
 		p.loaderWindow(recommendKey{c.key.command, c.loader}).addNeed(c.lastEndNs, c.need)
 	case c.logRequested:
-		p.in.unknownSize.Add(p.ctx, 1, cl.add...)
+		p.rec.add(p.in.unknownSize, cl, 1)
 		p.loaderWindow(recommendKey{c.key.command, c.loader}).addUnknown(c.lastEndNs, c.tooSmall)
 	}
 	if c.span != nil {
@@ -380,33 +395,46 @@ type (
 	}
 )
 
-// attrOpts are ready-made measurement options for one attribute set, kept
-// as slices so that recording allocates nothing.
+// attrOpts is one attribute set and its series in each instrument that
+// uses it, so that recording needs one map lookup per key, not per
+// instrument.
 type attrOpts struct {
-	add []metric.AddOption
-	rec []metric.RecordOption
+	set    attribute.Set
+	series [numInstruments]*series
 }
 
-// maxCachedSets bounds each cache; past it, sets are built per call.
+// maxCachedSets bounds each cache (and so the series of each metric); past
+// it, every new set shares one overflow series per cache, whose loader label
+// is "other".
 const maxCachedSets = 1 << 14
 
 type optCache[K comparable] struct {
-	m     map[K]attrOpts
-	build func(K) []attribute.KeyValue
+	m        map[K]*attrOpts
+	overflow *attrOpts
+	build    func(K) []attribute.KeyValue
 }
 
 func newOptCache[K comparable](build func(K) []attribute.KeyValue) *optCache[K] {
-	return &optCache[K]{m: make(map[K]attrOpts), build: build}
+	return &optCache[K]{m: make(map[K]*attrOpts), build: build}
 }
 
-func (c *optCache[K]) get(k K) attrOpts {
+func (c *optCache[K]) get(k K) *attrOpts {
 	if o, ok := c.m[k]; ok {
 		return o
 	}
-	opt := metric.WithAttributeSet(attribute.NewSet(c.build(k)...))
-	o := attrOpts{add: []metric.AddOption{opt}, rec: []metric.RecordOption{opt}}
-	if len(c.m) < maxCachedSets {
-		c.m[k] = o
+	if len(c.m) >= maxCachedSets {
+		if c.overflow == nil {
+			kvs := c.build(k)
+			for i := range kvs {
+				if kvs[i].Key == keyLoader {
+					kvs[i] = attribute.String(keyLoader, OtherLoader)
+				}
+			}
+			c.overflow = &attrOpts{set: attribute.NewSet(kvs...)}
+		}
+		return c.overflow
 	}
+	o := &attrOpts{set: attribute.NewSet(c.build(k)...)}
+	c.m[k] = o
 	return o
 }

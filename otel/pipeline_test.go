@@ -47,9 +47,11 @@ type rig struct {
 
 func newRig(t *testing.T, limit int) *rig {
 	t.Helper()
-	r := &rig{reader: sdkmetric.NewManualReader(), spans: tracetest.NewInMemoryExporter()}
+	rec := NewRecorder()
+	r := &rig{reader: sdkmetric.NewManualReader(sdkmetric.WithProducer(rec)), spans: tracetest.NewInMemoryExporter()}
 	r.tp = sdktrace.NewTracerProvider(sdktrace.WithSyncer(r.spans))
 	p, err := New(Config{
+		Recorder:       rec,
 		MeterProvider:  sdkmetric.NewMeterProvider(sdkmetric.WithReader(r.reader)),
 		TracerProvider: r.tp,
 		Clock:          tracer.WallClockWithOffset(time.Duration(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC).UnixNano())),
@@ -378,7 +380,7 @@ func BenchmarkPipelineHandle(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	p, err := New(Config{MeterProvider: tel.MeterProvider})
+	p, err := New(Config{MeterProvider: tel.MeterProvider, Recorder: tel.Recorder})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -28,6 +28,8 @@ type Telemetry struct {
 	Registry       *prometheus.Registry
 	MeterProvider  *metric.MeterProvider
 	TracerProvider *sdktrace.TracerProvider // nil unless OTEL_TRACES_EXPORTER asks for spans
+	// Recorder holds the per-event metrics; every reader collects it.
+	Recorder *Recorder
 	// Pushing says which signals are pushed ("traces", "metrics").
 	Pushing []string
 }
@@ -48,13 +50,14 @@ func Setup(ctx context.Context, build BuildInfo) (*Telemetry, error) {
 		return nil, fmt.Errorf("resource: %w", err)
 	}
 
-	t := &Telemetry{Registry: prometheus.NewRegistry()}
+	t := &Telemetry{Registry: prometheus.NewRegistry(), Recorder: NewRecorder()}
 	t.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	promExporter, err := otelprom.New(
 		otelprom.WithRegisterer(t.Registry),
 		otelprom.WithTranslationStrategy(otlptranslator.UnderscoreEscapingWithSuffixes),
 		otelprom.WithoutScopeInfo(),
 		otelprom.WithoutTargetInfo(),
+		otelprom.WithProducer(t.Recorder),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
@@ -68,6 +71,7 @@ func Setup(ctx context.Context, build BuildInfo) (*Telemetry, error) {
 	case "prometheus":
 		return nil, errors.New("OTEL_METRICS_EXPORTER=prometheus: the exporter always serves Prometheus on /metrics; set otlp, console or none")
 	default:
+		autoexport.WithFallbackMetricProducer(func(context.Context) (metric.Producer, error) { return t.Recorder, nil })
 		reader, err := autoexport.NewMetricReader(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("OTEL_METRICS_EXPORTER=%s: %w", v, err)

@@ -63,7 +63,7 @@ func (c *serveCommand) run(ctx context.Context, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cfg := otel.Config{MeterProvider: tel.MeterProvider, Clock: tr.Clock(), ChainWindow: *c.chainWindow,
+	cfg := otel.Config{MeterProvider: tel.MeterProvider, Recorder: tel.Recorder, Clock: tr.Clock(), ChainWindow: *c.chainWindow,
 		LoaderLimit: *c.loaderLimit, RecommendWindow: *c.recWindow, Defaults: c.defaults.all(), Source: tr, Build: build}
 	if tel.TracerProvider != nil {
 		cfg.TracerProvider = tel.TracerProvider

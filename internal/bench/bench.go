@@ -209,7 +209,7 @@ func attachExporter(mode tracer.AttachMode) (io.Closer, error) {
 		tr.Close()
 		return nil, err
 	}
-	pipe, err := otel.New(otel.Config{MeterProvider: tel.MeterProvider, Clock: tr.Clock(), Source: tr})
+	pipe, err := otel.New(otel.Config{MeterProvider: tel.MeterProvider, Recorder: tel.Recorder, Clock: tr.Clock(), Source: tr})
 	if err != nil {
 		tr.Close()
 		return nil, err
