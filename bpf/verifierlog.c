@@ -306,7 +306,14 @@ static __always_inline int record_exit(__s64 ret)
 	    bpf_probe_read_user(&e->true_size_after, sizeof(e->true_size_after),
 				(const void *)(e->in.uattr + off)) == 0)
 		e->in.flags |= FLAG_TRUE_SIZE_READ;
-	if (ret != -28 /* ENOSPC: the log did not fit */ && !(e->in.flags & FLAG_KERNEL_CALLER))
+	/*
+	 * Only a load that reached the verifier and kept its log has the
+	 * kernel's log in the buffer: a success, or the verifier's EACCES. An
+	 * early EINVAL leaves whatever the caller put there, and ENOSPC a log
+	 * that did not fit.
+	 */
+	if ((ret >= 0 || (e->in.cmd == BPF_PROG_LOAD && ret == -13 /* EACCES */)) &&
+	    !(e->in.flags & FLAG_KERNEL_CALLER))
 		measure_log(e);
 
 	bpf_ringbuf_submit(e, 0);

@@ -101,7 +101,12 @@ func (d *decoder) decode(raw []byte, ev *LoadEvent) error {
 		return fmt.Errorf("record for bpf command %d, which the tracer does not trace", r.In.Cmd)
 	}
 
+	// The buffer holds the kernel's log only after a success or the
+	// verifier's EACCES (bpf/verifierlog.c scans only then; checked here
+	// too, so that no other record can carry a measurement).
+	measurable := ev.Ret >= 0 || (ev.Command == CmdProgLoad && ev.Errno() == unix.EACCES)
 	switch {
+	case !measurable:
 	case r.In.Flags&flagLogMeasured != 0:
 		ev.LogUsedSize = r.LogUsed + 1
 	case r.In.Flags&flagLogScanCapped != 0:

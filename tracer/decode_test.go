@@ -323,3 +323,15 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func TestMeasuredNeedOnlyWhereTheKernelWroteTheLog(t *testing.T) {
+	d := decoder{trueSizeSupported: false}
+	for ret, want := range map[int64]uint32{3: 101, -int64(unix.EACCES): 101, -int64(unix.EINVAL): 0, -int64(unix.ENOSPC): 0} {
+		raw := rawProgLoad{attrSize: 128, logLevel: 1, logSize: 4096, logBuf: 1, ret: ret, flags: flagLogMeasured}.bytes()
+		binary.NativeEndian.PutUint32(raw[unsafe.Offsetof(verifierlogLoadEvent{}.LogUsed):], 100)
+		ev := decodeOne(t, d, raw)
+		if ev.LogUsedSize != want {
+			t.Errorf("ret %d: measured %d, want %d", ret, ev.LogUsedSize, want)
+		}
+	}
+}

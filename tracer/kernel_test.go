@@ -524,6 +524,10 @@ func TestPresetTrueSizeIsNotTakenForTheKernels(t *testing.T) {
 	}
 	ev := checkProgRecord(t, h, p, r)
 	wantTrueSizeUnknown(t, ev)
+	// Nor is the untouched (zeroed) buffer measured as a one-byte log.
+	if need, src := ev.Need(); ev.LogUsedSize != 0 || src != "" {
+		t.Errorf("early EINVAL measured: log_used %d, need %d from %q", ev.LogUsedSize, need, src)
+	}
 }
 
 func TestBadAttrPointerIsRecordedInTracepointMode(t *testing.T) {
