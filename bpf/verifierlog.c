@@ -31,6 +31,14 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define PROG_LOAD_TRUE_SIZE_OFF 140
 #define BTF_LOAD_TRUE_SIZE_OFF 28
 
+/*
+ * Records are submitted without waking user space until this many bytes
+ * wait in the ring buffer; the reader also polls (tracer/tracer.go,
+ * flushInterval). Waking the reader for every load costs each load several
+ * microseconds. Set by Go before load; 0 wakes on every record.
+ */
+const volatile __u64 wakeup_bytes = 0;
+
 /* Record flags. Go: tracer/decode.go. */
 #define FLAG_ATTR_UNREADABLE (1 << 0) /* the attr copy faulted: bad pointer */
 #define FLAG_TRUE_SIZE_READ (1 << 1)  /* true_size_after holds the post-call value */
@@ -316,7 +324,8 @@ static __always_inline int record_exit(__s64 ret)
 	    !(e->in.flags & FLAG_KERNEL_CALLER))
 		measure_log(e);
 
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+				       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	return 0;
 }
 

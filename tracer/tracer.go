@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
@@ -23,6 +24,12 @@ import (
 
 // DefaultRingBufferBytes holds about 16,000 records.
 const DefaultRingBufferBytes = 4 << 20
+
+// FlushInterval is the longest a record waits in the ring buffer: the BPF
+// side wakes the reader only once an eighth of the buffer is full, and the
+// reader polls this often in between. Waking it for every record cost each
+// load several microseconds (BENCHMARKS.md).
+const FlushInterval = 20 * time.Millisecond
 
 // Options configure New.
 type Options struct {
@@ -75,7 +82,11 @@ func New(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, err
 	}
-	spec.Maps[verifierlogMapEvents].MaxEntries = ringBufferSize(opts.RingBufferBytes)
+	ringSize := ringBufferSize(opts.RingBufferBytes)
+	spec.Maps[verifierlogMapEvents].MaxEntries = ringSize
+	if err := spec.Variables[verifierlogVarWakeupBytes].Set(uint64(ringSize / 8)); err != nil {
+		return nil, fmt.Errorf("set wakeup threshold: %w", err)
+	}
 	if err := spec.LoadAndAssign(&t.maps, nil); err != nil {
 		return nil, fmt.Errorf("create maps: %w", err)
 	}
@@ -144,6 +155,7 @@ func (t *Tracer) Run(ctx context.Context, handle func(ev *LoadEvent)) error {
 	var rec ringbuf.Record
 	var ev LoadEvent
 	for {
+		t.reader.SetDeadline(time.Now().Add(FlushInterval))
 		err := t.reader.ReadInto(&rec)
 		switch {
 		case err == nil:

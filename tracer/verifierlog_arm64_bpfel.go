@@ -69,6 +69,7 @@ const (
 	verifierlogProgTracepointExitBpf  = "tracepoint_exit_bpf"
 	verifierlogVarUnusedLoadEvent     = "unused_load_event"
 	verifierlogVarUnusedLostReason    = "unused_lost_reason"
+	verifierlogVarWakeupBytes         = "wakeup_bytes"
 )
 
 // loadVerifierlog returns the embedded CollectionSpec for verifierlog.
@@ -141,6 +142,7 @@ type verifierlogMapSpecs struct {
 type verifierlogVariableSpecs struct {
 	UnusedLoadEvent  *ebpf.VariableSpec `ebpf:"unused_load_event"`
 	UnusedLostReason *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
+	WakeupBytes      *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // verifierlogObjects contains all objects after they have been loaded into the kernel.
@@ -184,6 +186,7 @@ func (m *verifierlogMaps) Close() error {
 type verifierlogVariables struct {
 	UnusedLoadEvent  *ebpf.Variable `ebpf:"unused_load_event"`
 	UnusedLostReason *ebpf.Variable `ebpf:"unused_lost_reason"`
+	WakeupBytes      *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // verifierlogPrograms contains all programs after they have been loaded into the kernel.

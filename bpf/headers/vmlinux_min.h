@@ -35,6 +35,13 @@ enum {
 	BPF_ANY = 0,
 };
 
+/* Ring buffer flags and queries (UAPI values). */
+enum {
+	BPF_RB_NO_WAKEUP = 1,
+	BPF_RB_FORCE_WAKEUP = 2,
+	BPF_RB_AVAIL_DATA = 0,
+};
+
 /* The bpf(2) commands this tracer records (UAPI values). */
 enum {
 	BPF_PROG_LOAD = 5,
