@@ -139,7 +139,13 @@ type Result struct {
 	// StartNs and EndNs bracket the syscall on CLOCK_MONOTONIC, the clock
 	// of the tracer's timestamps.
 	StartNs, EndNs uint64
+	// EAGAINRetries counts attempts before this one that the kernel
+	// answered with EAGAIN (each is a load attempt the tracer records too).
+	EAGAINRetries int
 }
+
+// maxEAGAINRetries is libbpf's.
+const maxEAGAINRetries = 5
 
 // OK reports whether the load succeeded.
 func (r Result) OK() bool { return r.Ret >= 0 }
@@ -334,9 +340,20 @@ func call(cmd uintptr, attr []byte, size uint32, attrPtr uintptr, nullAttr bool,
 		ptr = attrPtr
 	}
 	res := Result{TID: unix.Gettid(), AttrSize: size}
-	res.StartNs = monotonicNs()
-	r, _, errno := unix.Syscall(unix.SYS_BPF, cmd, ptr, uintptr(size))
-	res.EndNs = monotonicNs()
+	var r uintptr
+	var errno syscall.Errno
+	// The kernel now and then answers EAGAIN (about one load in 20,000
+	// here), which every real loader retries; so does this, and Result
+	// describes the last attempt, the one whose answer counts.
+	for try := 0; ; try++ {
+		res.StartNs = monotonicNs()
+		r, _, errno = unix.Syscall(unix.SYS_BPF, cmd, ptr, uintptr(size))
+		res.EndNs = monotonicNs()
+		if errno != unix.EAGAIN || try == maxEAGAINRetries {
+			break
+		}
+		res.EAGAINRetries++
+	}
 	runtime.KeepAlive(attr)
 	if errno != 0 {
 		res.Ret = -int(errno)
