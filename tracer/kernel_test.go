@@ -815,3 +815,101 @@ func TestMeasuredLogLengthIsTheExactNeed(t *testing.T) {
 		t.Errorf("ENOSPC load measured at %d", ev.LogUsedSize)
 	}
 }
+
+// TestHostileAttrSizesAreRecordedAsTheKernelSawThem: the tracer reads at
+// most min(attr size, 144) bytes and decodes a cut field as the kernel does.
+func TestHostileAttrSizesAreRecordedAsTheKernelSawThem(t *testing.T) {
+	h := sharedHarness(t)
+	for _, size := range []uint32{1, 30, 143, 144, 4096, 8192} {
+		p := loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 64, Name: "vlog_hostile", LogLevel: loadgen.LogLevel2, LogSize: 256, AttrSize: size}
+		r := loadProg(t, p)
+		if size > 4096 && h.tr.Mode() != tracer.AttachTracepoint {
+			// Larger than a page is E2BIG in the syscall itself, before
+			// bpf_prog_load: only the syscall tracepoints see it.
+			if r.Errno != unix.E2BIG {
+				t.Errorf("size %d: kernel %v, want E2BIG", size, r.Errno)
+			}
+			h.sync(t)
+			if recs := h.recordsOf(r); len(recs) != 0 {
+				t.Errorf("%s mode recorded a load that never reached bpf_prog_load", h.tr.Mode())
+			}
+			continue
+		}
+		ev := h.await(t, r)
+		if ev.AttrSize != size || ev.Ret != int64(r.Ret) || ev.AttrUnreadable {
+			t.Errorf("size %d: recorded size %d ret %d (kernel %d) unreadable %v", size, ev.AttrSize, ev.Ret, r.Ret, ev.AttrUnreadable)
+		}
+		switch {
+		case size < 8:
+			// insn_cnt and the pointers are cut to 0: E2BIG (6.4+) or
+			// EFAULT (6.1, which copies the license first).
+			if (r.Errno != unix.E2BIG && r.Errno != unix.EFAULT) || ev.InsnCnt != 0 || ev.LogLevel != 0 || ev.ProgType != 1 {
+				t.Errorf("size %d: kernel %v; recorded type %d insn_cnt %d level %d", size, r.Errno, ev.ProgType, ev.InsnCnt, ev.LogLevel)
+			}
+		case size > 4096:
+			// Larger than a page: E2BIG before anything else.
+			if r.Errno != unix.E2BIG {
+				t.Errorf("size %d: kernel %v, want E2BIG", size, r.Errno)
+			}
+			wantTrueSizeUnknown(t, ev)
+		case size == 30:
+			// log_size's low half only: 256 fits in it.
+			if ev.LogLevel != p.LogLevel || ev.LogSize != 256 || ev.HasLogBuf {
+				t.Errorf("size 30: level %d size %d buf %v", ev.LogLevel, ev.LogSize, ev.HasLogBuf)
+			}
+		case size >= 144:
+			if r.Errno != unix.ENOSPC || !ev.Truncated() || ev.ProgName.String() != p.Name {
+				t.Errorf("size %d: kernel %v, truncated %v, name %q", size, r.Errno, ev.Truncated(), ev.ProgName)
+			}
+			wantTrueSize(t, ev, r)
+		default: // 143: log_true_size is cut, so the kernel does not write it
+			if r.Errno != unix.ENOSPC {
+				t.Errorf("size 143: kernel %v", r.Errno)
+			}
+			wantTrueSizeUnknown(t, ev)
+		}
+	}
+}
+
+func TestAttrUnmappedMidStructIsRecordedUnreadable(t *testing.T) {
+	h := sharedHarness(t)
+	addr, unmap, err := loadgen.StraddlingAttr(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unmap()
+	p := loadgen.ProgLoad{AttrPtr: addr}
+	r := loadProg(t, p)
+	if r.Errno != unix.EFAULT {
+		t.Fatalf("attr straddling an unmapped page: kernel %v, want EFAULT", r.Errno)
+	}
+	if h.tr.Mode() != tracer.AttachTracepoint {
+		h.sync(t)
+		if recs := h.recordsOf(r); len(recs) != 0 {
+			t.Fatalf("%s mode recorded a load that never reached bpf_prog_load", h.tr.Mode())
+		}
+		return
+	}
+	ev := checkProgRecord(t, h, p, r)
+	if !ev.AttrUnreadable || ev.LogTrueSizeKnown || ev.LogUsedSize != 0 {
+		t.Errorf("unreadable %v known %v used %d", ev.AttrUnreadable, ev.LogTrueSizeKnown, ev.LogUsedSize)
+	}
+}
+
+func TestInvalidProgNameIsRejectedAndSanitised(t *testing.T) {
+	h := sharedHarness(t)
+	var raw [16]byte
+	copy(raw[:], "bad\xff\x1bname\x7fxxxxxx") // no NUL, invalid UTF-8, control bytes
+	p := loadgen.ProgLoad{Program: loadgen.Valid, RawName: &raw}
+	r := loadProg(t, p)
+	if r.Errno != unix.EINVAL {
+		t.Fatalf("kernel answered %v to an invalid prog_name, want EINVAL", r.Errno)
+	}
+	ev := h.await(t, r)
+	if got := ev.ProgName.String(); got != "bad\uFFFD\uFFFDname\uFFFDxxxxxx" {
+		t.Errorf("prog_name recorded as %q", got)
+	}
+	if ev.ErrnoName() != "EINVAL" {
+		t.Errorf("errno %q", ev.ErrnoName())
+	}
+}

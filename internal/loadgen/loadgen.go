@@ -387,3 +387,22 @@ func hostByteOrder() binary.ByteOrder {
 	}
 	return binary.BigEndian
 }
+
+// StraddlingAttr copies the attr p would pass so that only its first
+// mapped bytes lie in a mapped page and the rest in an unmapped one, and
+// returns its address (for ProgLoad.AttrPtr) and a function that unmaps it.
+func StraddlingAttr(mapped int) (uintptr, func(), error) {
+	page := os.Getpagesize()
+	b, err := unix.Mmap(-1, 0, 2*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return 0, nil, err
+	}
+	binary.NativeEndian.PutUint32(b[page-mapped:], socketFilterType)
+	base := uintptr(unsafe.Pointer(&b[0]))
+	// Raw munmap: unix.Munmap only takes whole mappings it made.
+	if _, _, errno := unix.Syscall(unix.SYS_MUNMAP, base+uintptr(page), uintptr(page), 0); errno != 0 {
+		unix.Munmap(b)
+		return 0, nil, errno
+	}
+	return base + uintptr(page-mapped), func() { unix.Syscall(unix.SYS_MUNMAP, base, uintptr(page), 0) }, nil
+}
