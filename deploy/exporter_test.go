@@ -179,22 +179,16 @@ func startExporter(t *testing.T, env []string, argv ...string) *server {
 			t.Logf("exporter output:\n%s", s.output())
 		}
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if body, err := s.get("/healthz"); err == nil {
-			t.Logf("exporter at %s: %s", addr, strings.TrimSpace(body))
-			return s
-		}
-		select {
-		case <-s.done:
-			t.Fatalf("exporter exited before serving:\n%s", s.output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("exporter not healthy within 60s:\n%s", s.output())
-		}
-		time.Sleep(50 * time.Millisecond)
+	var health string
+	if err := backends.WaitReady(60*time.Second, s.done, func() error {
+		body, err := s.get("/healthz")
+		health = body
+		return err
+	}); err != nil {
+		t.Fatalf("exporter not serving /healthz: %v\n%s", err, s.output())
 	}
+	t.Logf("exporter at %s: %s", addr, strings.TrimSpace(health))
+	return s
 }
 
 func (s *server) output() string {

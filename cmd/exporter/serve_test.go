@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/verifierlog/exporter/internal/backends"
 	"github.com/verifierlog/exporter/internal/kerneltest"
 	"github.com/verifierlog/exporter/internal/loadgen"
 )
@@ -77,25 +78,13 @@ func (s *runningServer) start(bin string, env []string, args ...string) *running
 			s.mu.Unlock()
 		}
 	}()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := s.request("/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s
-			}
-		}
-		select {
-		case <-s.done:
-			t.Fatalf("exporter exited before serving:\n%s", s.log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("exporter not healthy within 60s:\n%s", s.log())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := backends.WaitReady(60*time.Second, s.done, func() error {
+		_, err := s.get("/healthz")
+		return err
+	}); err != nil {
+		t.Fatalf("exporter not serving /healthz: %v\n%s", err, s.log())
 	}
+	return s
 }
 
 func (s *runningServer) log() string {

@@ -81,17 +81,36 @@ func (p *process) exited() bool {
 // waitReady polls ready until it returns nil, the process exits, or timeout
 // passes.
 func (p *process) waitReady(timeout time.Duration, ready func() error) error {
+	err := WaitReady(timeout, p.done, ready)
+	if errors.Is(err, ErrExited) {
+		return fmt.Errorf("%s exited before it was ready (%v)", p.name, p.err)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
+	}
+	return nil
+}
+
+// ErrExited: the process WaitReady watched ended before it was ready.
+var ErrExited = errors.New("exited before it was ready")
+
+// WaitReady polls ready every 50 ms until it returns nil, exited is closed
+// (ErrExited), or timeout passes (the last error from ready). Every test
+// that starts a server waits with it; exited may be nil.
+func WaitReady(timeout time.Duration, exited <-chan struct{}, ready func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := ready()
 		if err == nil {
 			return nil
 		}
-		if p.exited() {
-			return fmt.Errorf("%s exited before it was ready (%v)", p.name, p.err)
+		select {
+		case <-exited:
+			return ErrExited
+		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %v: %w", p.name, timeout, err)
+			return fmt.Errorf("not ready after %v: %w", timeout, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/verifierlog/exporter/internal/backends"
 	"github.com/verifierlog/exporter/internal/loadgen"
 )
 
@@ -57,8 +58,18 @@ func Storm(exporterBin, mode string, threads int, d time.Duration) (StormResult,
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	base := "http://" + addr
-	if err := waitHealthy(base, 60*time.Second); err != nil {
-		return res, err
+	if err := backends.WaitReady(60*time.Second, nil, func() error {
+		resp, err := http.Get(base + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/healthz: %s", resp.Status)
+		}
+		return nil
+	}); err != nil {
+		return res, fmt.Errorf("exporter: %w", err)
 	}
 
 	cpu0, err := cpuTime(cmd.Process.Pid)
@@ -114,23 +125,6 @@ func Storm(exporterBin, mode string, threads int, d time.Duration) (StormResult,
 	res.ExporterCPU = (cpu1 - cpu0).Seconds() / res.Duration.Seconds()
 	res.RSS, res.PeakRSS, err = memory(cmd.Process.Pid)
 	return res, err
-}
-
-func waitHealthy(base string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := http.Get(base + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("exporter not healthy after %v: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // scrapeStorm reads the storm loader's loads and the lost events.
