@@ -48,8 +48,8 @@ const volatile __u64 wakeup_bytes = 0;
 #define FLAG_LOG_SCAN_FAULT (1 << 5)  /* the log buffer could not be read */
 
 /*
- * The log of a load that did not end in ENOSPC is NUL-terminated in the
- * caller's buffer, so its length + 1 is the exact need, also where the
+ * The log of a load that succeeded or that the verifier rejected is
+ * NUL-terminated in the caller's buffer, so its length + 1 is the exact need, also where the
  * kernel writes no log_true_size. The scan reads at most LOG_SCAN_MAX bytes,
  * LOG_SCAN_CHUNK at a time (bpf_loop, Linux 5.17+).
  */
