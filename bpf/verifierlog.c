@@ -39,6 +39,25 @@ char __license[] SEC("license") = "Dual BSD/GPL";
  */
 const volatile __u64 wakeup_bytes = 0;
 
+/*
+ * Loads between their enter and exit hooks, all hooks together: entries of
+ * the inflight map that this program inserted and no exit has taken yet.
+ * It can only err high (an LRU eviction takes an entry without a
+ * decrement), which costs speed, never a record. The tracepoint exit hook,
+ * which fires for every bpf(2) call, leaves after one memory load while it
+ * is zero.
+ */
+__u64 loads_in_flight = 0;
+
+/*
+ * Set while loads that began before the tracer attached may still end:
+ * their enter hook never ran, so only the exit hook's command check can
+ * count them (LOST_NO_INFLIGHT). Go clears it a grace period after attach
+ * (tracer.Options.AttachGrace). Its own section, so that Go's store cannot
+ * race the hooks' atomic adds to loads_in_flight.
+ */
+volatile __u32 count_loads_begun_before_attach SEC(".data.attach_grace") = 1;
+
 /* Record flags. Go: tracer/decode.go. */
 #define FLAG_ATTR_UNREADABLE (1 << 0) /* the attr copy faulted: bad pointer */
 #define FLAG_TRUE_SIZE_READ (1 << 1)  /* true_size_after holds the post-call value */
@@ -179,7 +198,10 @@ static __always_inline int record_enter(__u32 cmd, __u64 uattr, __u32 attr_size,
 		in.attr_copied = n;
 
 	err = bpf_map_update_elem(&inflight, &id, &in, BPF_NOEXIST);
-	if (err == -17 /* EEXIST */) {
+	if (!err) {
+		__sync_fetch_and_add(&loads_in_flight, 1);
+	} else if (err == -17 /* EEXIST */) {
+		/* The stale entry's count carries over to its replacement. */
 		count_lost(LOST_STALE_INFLIGHT);
 		err = bpf_map_update_elem(&inflight, &id, &in, BPF_ANY);
 	}
@@ -289,6 +311,7 @@ static __always_inline int record_exit(__s64 ret)
 		count_lost(LOST_NO_INFLIGHT);
 		return 0;
 	}
+	__sync_fetch_and_add(&loads_in_flight, -1);
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost(LOST_RINGBUF_FULL);
@@ -422,9 +445,10 @@ int BPF_KRETPROBE(kretprobe_btf_load, int ret)
 
 /*
  * tracepoint mode. These fire on every bpf(2) call, so both leave at once for
- * commands that are not loads; the exit hook reads the command from the
- * syscall's saved registers, so non-loads cost it no map lookup and a load
- * whose entry is missing is counted, not silently skipped.
+ * commands that are not loads: the exit hook after one memory load while no
+ * load is in flight, else after reading the command from the syscall's
+ * saved registers (no map lookup); a load whose entry is missing is
+ * counted, not silently skipped.
  */
 
 struct sys_enter_bpf_ctx {
@@ -455,8 +479,12 @@ int tracepoint_enter_bpf(struct sys_enter_bpf_ctx *ctx)
 SEC("tracepoint/syscalls/sys_exit_bpf")
 int tracepoint_exit_bpf(struct sys_exit_bpf_ctx *ctx)
 {
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pt_regs *regs;
 
+	/* No load in flight: this call is not one (or began before attach). */
+	if (!count_loads_begun_before_attach && *(volatile __u64 *)&loads_in_flight == 0)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	/*
 	 * bpf_task_pt_regs returns a BTF pointer: read the register directly
 	 * (a CO-RE-relocated load, no helper call) on this hot path.

@@ -57,7 +57,13 @@ const (
 // attached holds one mode's programs and links, links in attach order.
 type attached struct {
 	progs []*ebpf.Program
+	what  []string // hook of progs[i], e.g. "tracepoint/syscalls/sys_exit_bpf"
 	links []link.Link
+	// attachGrace is the programs' count_loads_begun_before_attach, in
+	// tracepoint mode.
+	attachGrace *ebpf.Variable
+	// loadsInFlight is the programs' loads_in_flight, for tests.
+	loadsInFlight *ebpf.Variable
 }
 
 // detach closes the links in reverse order (enter hooks before exit hooks,
@@ -88,6 +94,7 @@ func attachHooks(mode AttachMode, hooks []hook) (*attached, error) {
 	a := &attached{}
 	for _, h := range hooks {
 		a.progs = append(a.progs, h.prog)
+		a.what = append(a.what, h.what)
 	}
 	for _, h := range hooks {
 		l, err := h.attach(h.prog)
@@ -104,10 +111,11 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 	switch mode {
 	case AttachFentry:
 		var p struct {
-			FexitProgLoad  *ebpf.Program `ebpf:"fexit_prog_load"`
-			FentryProgLoad *ebpf.Program `ebpf:"fentry_prog_load"`
-			FexitBTFLoad   *ebpf.Program `ebpf:"fexit_btf_load"`
-			FentryBTFLoad  *ebpf.Program `ebpf:"fentry_btf_load"`
+			FexitProgLoad  *ebpf.Program  `ebpf:"fexit_prog_load"`
+			FentryProgLoad *ebpf.Program  `ebpf:"fentry_prog_load"`
+			FexitBTFLoad   *ebpf.Program  `ebpf:"fexit_btf_load"`
+			FentryBTFLoad  *ebpf.Program  `ebpf:"fentry_btf_load"`
+			LoadsInFlight  *ebpf.Variable `ebpf:"loads_in_flight"`
 		}
 		if err := spec.LoadAndAssign(&p, opts); err != nil {
 			return nil, fmt.Errorf("fentry: load programs: %w", explainAttachError(mode, err))
@@ -115,18 +123,24 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		tracing := func(p *ebpf.Program) (link.Link, error) {
 			return link.AttachTracing(link.TracingOptions{Program: p})
 		}
-		return attachHooks(mode, []hook{
+		a, err := attachHooks(mode, []hook{
 			{p.FexitProgLoad, "fexit/" + progLoadFunc, tracing},
 			{p.FentryProgLoad, "fentry/" + progLoadFunc, tracing},
 			{p.FexitBTFLoad, "fexit/" + btfLoadFunc, tracing},
 			{p.FentryBTFLoad, "fentry/" + btfLoadFunc, tracing},
 		})
+		if err != nil {
+			return nil, err
+		}
+		a.loadsInFlight = p.LoadsInFlight
+		return a, nil
 	case AttachKprobe:
 		var p struct {
-			KretprobeProgLoad *ebpf.Program `ebpf:"kretprobe_prog_load"`
-			KprobeProgLoad    *ebpf.Program `ebpf:"kprobe_prog_load"`
-			KretprobeBTFLoad  *ebpf.Program `ebpf:"kretprobe_btf_load"`
-			KprobeBTFLoad     *ebpf.Program `ebpf:"kprobe_btf_load"`
+			KretprobeProgLoad *ebpf.Program  `ebpf:"kretprobe_prog_load"`
+			KprobeProgLoad    *ebpf.Program  `ebpf:"kprobe_prog_load"`
+			KretprobeBTFLoad  *ebpf.Program  `ebpf:"kretprobe_btf_load"`
+			KprobeBTFLoad     *ebpf.Program  `ebpf:"kprobe_btf_load"`
+			LoadsInFlight     *ebpf.Variable `ebpf:"loads_in_flight"`
 		}
 		if err := spec.LoadAndAssign(&p, opts); err != nil {
 			return nil, fmt.Errorf("kprobe: load programs: %w", explainAttachError(mode, err))
@@ -137,19 +151,26 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		kretprobe := func(fn string) func(*ebpf.Program) (link.Link, error) {
 			return func(p *ebpf.Program) (link.Link, error) { return link.Kretprobe(fn, p, nil) }
 		}
-		return attachHooks(mode, []hook{
+		a, err := attachHooks(mode, []hook{
 			{p.KretprobeProgLoad, "kretprobe/" + progLoadFunc, kretprobe(progLoadFunc)},
 			{p.KprobeProgLoad, "kprobe/" + progLoadFunc, kprobe(progLoadFunc)},
 			{p.KretprobeBTFLoad, "kretprobe/" + btfLoadFunc, kretprobe(btfLoadFunc)},
 			{p.KprobeBTFLoad, "kprobe/" + btfLoadFunc, kprobe(btfLoadFunc)},
 		})
+		if err != nil {
+			return nil, err
+		}
+		a.loadsInFlight = p.LoadsInFlight
+		return a, nil
 	case AttachTracepoint:
 		if err := ensureTracefs(); err != nil {
 			return nil, fmt.Errorf("tracepoint: %w", err)
 		}
 		var p struct {
-			Exit  *ebpf.Program `ebpf:"tracepoint_exit_bpf"`
-			Enter *ebpf.Program `ebpf:"tracepoint_enter_bpf"`
+			Exit          *ebpf.Program  `ebpf:"tracepoint_exit_bpf"`
+			Enter         *ebpf.Program  `ebpf:"tracepoint_enter_bpf"`
+			AttachGrace   *ebpf.Variable `ebpf:"count_loads_begun_before_attach"`
+			LoadsInFlight *ebpf.Variable `ebpf:"loads_in_flight"`
 		}
 		if err := spec.LoadAndAssign(&p, opts); err != nil {
 			return nil, fmt.Errorf("tracepoint: load programs: %w", err)
@@ -157,10 +178,15 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		tp := func(name string) func(*ebpf.Program) (link.Link, error) {
 			return func(p *ebpf.Program) (link.Link, error) { return link.Tracepoint("syscalls", name, p, nil) }
 		}
-		return attachHooks(mode, []hook{
+		a, err := attachHooks(mode, []hook{
 			{p.Exit, "tracepoint/syscalls/sys_exit_bpf", tp("sys_exit_bpf")},
 			{p.Enter, "tracepoint/syscalls/sys_enter_bpf", tp("sys_enter_bpf")},
 		})
+		if err != nil {
+			return nil, err
+		}
+		a.attachGrace, a.loadsInFlight = p.AttachGrace, p.LoadsInFlight
+		return a, nil
 	}
 	return nil, fmt.Errorf("unknown attach mode %q", mode)
 }

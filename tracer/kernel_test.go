@@ -37,6 +37,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if child := os.Getenv(childEnv); child != "" {
+		os.Exit(runChild(child))
+	}
 	code := m.Run()
 	if shared != nil {
 		shared.stop()
@@ -60,7 +63,8 @@ func envOr(k, def string) string {
 }
 
 // harness is one tracer for the whole test binary, collecting the records of
-// this process.
+// this process and of the child processes it starts (prog names with
+// childProgPrefix).
 type harness struct {
 	tr     *tracer.Tracer
 	cancel context.CancelFunc
@@ -72,7 +76,9 @@ type harness struct {
 }
 
 func startHarness(mode tracer.AttachMode) (*harness, error) {
-	tr, err := tracer.New(tracer.Options{Attach: mode})
+	// A short attach grace: the tests run with the exit hook's fast path
+	// for non-loads (no load in flight) already on.
+	tr, err := tracer.New(tracer.Options{Attach: mode, AttachGrace: time.Millisecond})
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +89,7 @@ func startHarness(mode tracer.AttachMode) (*harness, error) {
 	pid := uint32(os.Getpid())
 	go func() {
 		h.done <- tr.Run(ctx, func(ev *tracer.LoadEvent) {
-			if ev.PID != pid {
+			if ev.PID != pid && !strings.HasPrefix(ev.ProgName.String(), childProgPrefix) {
 				return
 			}
 			h.mu.Lock()

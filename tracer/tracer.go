@@ -25,6 +25,9 @@ import (
 // DefaultRingBufferBytes holds about 16,000 records.
 const DefaultRingBufferBytes = 4 << 20
 
+// DefaultAttachGrace outlasts all but pathological verifier runs.
+const DefaultAttachGrace = 30 * time.Second
+
 // FlushInterval is the longest a record waits in the ring buffer: the BPF
 // side wakes the reader only once an eighth of the buffer is full, and the
 // reader polls this often in between. Waking it for every record cost each
@@ -38,6 +41,12 @@ type Options struct {
 	// RingBufferBytes is the ring buffer's size, rounded up to a power of
 	// two pages; 0 means DefaultRingBufferBytes.
 	RingBufferBytes int
+	// AttachGrace is how long after attach a load that began before it is
+	// still counted when it ends (LostNoInflight); 0 means
+	// DefaultAttachGrace. Only tracepoint mode needs it: past it, the exit
+	// hook of a bpf(2) call leaves after one memory load while no load is
+	// in flight.
+	AttachGrace time.Duration
 }
 
 // Tracer is attached to the kernel from New until Close.
@@ -54,6 +63,7 @@ type Tracer struct {
 
 	detachOnce sync.Once
 	detachErr  error
+	graceTimer *time.Timer
 
 	events       atomic.Uint64
 	decodeErrors atomic.Uint64
@@ -113,6 +123,17 @@ func New(opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("no attach mode worked: %s", describeAttempts(t.attempts))
 	}
 	t.dec.mode = t.mode
+	if v := t.hooks.attachGrace; v != nil {
+		grace := opts.AttachGrace
+		if grace <= 0 {
+			grace = DefaultAttachGrace
+		}
+		t.graceTimer = time.AfterFunc(grace, func() {
+			// Fails only where maps cannot be memory-mapped (before 5.5):
+			// the exit hook then keeps reading every command, as before.
+			_ = v.Set(uint32(0))
+		})
+	}
 
 	t.reader, err = ringbuf.NewReader(t.maps.Events)
 	if err != nil {
@@ -182,6 +203,9 @@ func (t *Tracer) Run(ctx context.Context, handle func(ev *LoadEvent)) error {
 
 func (t *Tracer) detach() error {
 	t.detachOnce.Do(func() {
+		if t.graceTimer != nil {
+			t.graceTimer.Stop()
+		}
 		if t.hooks != nil {
 			t.detachErr = t.hooks.detach()
 		}
@@ -230,4 +254,35 @@ func kernelRelease() string {
 		return "unknown"
 	}
 	return unix.ByteSliceToString(u.Release[:])
+}
+
+// ProgramStats is the kernel's account of one attached program's runs.
+type ProgramStats struct {
+	Hook     string // e.g. "tracepoint/syscalls/sys_exit_bpf"
+	RunCount uint64
+	// RunTime is the time spent in the program. The kernel counts it only
+	// while BPF stats are enabled (ebpf.EnableStats, sysctl
+	// kernel.bpf_stats_enabled), which itself costs every run two clock
+	// reads.
+	RunTime time.Duration
+	// Misses are runs the kernel skipped because a BPF program was
+	// already running on that CPU.
+	Misses uint64
+}
+
+// ProgramStats returns the run counts and times of the attached programs,
+// in attach order.
+func (t *Tracer) ProgramStats() ([]ProgramStats, error) {
+	if t.hooks == nil {
+		return nil, errors.New("tracer not attached")
+	}
+	out := make([]ProgramStats, 0, len(t.hooks.progs))
+	for i, p := range t.hooks.progs {
+		s, err := p.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("stats of %s: %w", t.hooks.what[i], err)
+		}
+		out = append(out, ProgramStats{Hook: t.hooks.what[i], RunCount: s.RunCount, RunTime: s.Runtime, Misses: s.RecursionMisses})
+	}
+	return out, nil
 }

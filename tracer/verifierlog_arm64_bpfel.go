@@ -53,23 +53,25 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	verifierlogMapEvents              = "events"
-	verifierlogMapInflight            = "inflight"
-	verifierlogMapLost                = "lost"
-	verifierlogMapScanScratch         = "scan_scratch"
-	verifierlogProgFentryBtfLoad      = "fentry_btf_load"
-	verifierlogProgFentryProgLoad     = "fentry_prog_load"
-	verifierlogProgFexitBtfLoad       = "fexit_btf_load"
-	verifierlogProgFexitProgLoad      = "fexit_prog_load"
-	verifierlogProgKprobeBtfLoad      = "kprobe_btf_load"
-	verifierlogProgKprobeProgLoad     = "kprobe_prog_load"
-	verifierlogProgKretprobeBtfLoad   = "kretprobe_btf_load"
-	verifierlogProgKretprobeProgLoad  = "kretprobe_prog_load"
-	verifierlogProgTracepointEnterBpf = "tracepoint_enter_bpf"
-	verifierlogProgTracepointExitBpf  = "tracepoint_exit_bpf"
-	verifierlogVarUnusedLoadEvent     = "unused_load_event"
-	verifierlogVarUnusedLostReason    = "unused_lost_reason"
-	verifierlogVarWakeupBytes         = "wakeup_bytes"
+	verifierlogMapEvents                      = "events"
+	verifierlogMapInflight                    = "inflight"
+	verifierlogMapLost                        = "lost"
+	verifierlogMapScanScratch                 = "scan_scratch"
+	verifierlogProgFentryBtfLoad              = "fentry_btf_load"
+	verifierlogProgFentryProgLoad             = "fentry_prog_load"
+	verifierlogProgFexitBtfLoad               = "fexit_btf_load"
+	verifierlogProgFexitProgLoad              = "fexit_prog_load"
+	verifierlogProgKprobeBtfLoad              = "kprobe_btf_load"
+	verifierlogProgKprobeProgLoad             = "kprobe_prog_load"
+	verifierlogProgKretprobeBtfLoad           = "kretprobe_btf_load"
+	verifierlogProgKretprobeProgLoad          = "kretprobe_prog_load"
+	verifierlogProgTracepointEnterBpf         = "tracepoint_enter_bpf"
+	verifierlogProgTracepointExitBpf          = "tracepoint_exit_bpf"
+	verifierlogVarCountLoadsBegunBeforeAttach = "count_loads_begun_before_attach"
+	verifierlogVarLoadsInFlight               = "loads_in_flight"
+	verifierlogVarUnusedLoadEvent             = "unused_load_event"
+	verifierlogVarUnusedLostReason            = "unused_lost_reason"
+	verifierlogVarWakeupBytes                 = "wakeup_bytes"
 )
 
 // loadVerifierlog returns the embedded CollectionSpec for verifierlog.
@@ -140,9 +142,11 @@ type verifierlogMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type verifierlogVariableSpecs struct {
-	UnusedLoadEvent  *ebpf.VariableSpec `ebpf:"unused_load_event"`
-	UnusedLostReason *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
-	WakeupBytes      *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	CountLoadsBegunBeforeAttach *ebpf.VariableSpec `ebpf:"count_loads_begun_before_attach"`
+	LoadsInFlight               *ebpf.VariableSpec `ebpf:"loads_in_flight"`
+	UnusedLoadEvent             *ebpf.VariableSpec `ebpf:"unused_load_event"`
+	UnusedLostReason            *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
+	WakeupBytes                 *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // verifierlogObjects contains all objects after they have been loaded into the kernel.
@@ -184,9 +188,11 @@ func (m *verifierlogMaps) Close() error {
 //
 // It can be passed to loadVerifierlogObjects or ebpf.CollectionSpec.LoadAndAssign.
 type verifierlogVariables struct {
-	UnusedLoadEvent  *ebpf.Variable `ebpf:"unused_load_event"`
-	UnusedLostReason *ebpf.Variable `ebpf:"unused_lost_reason"`
-	WakeupBytes      *ebpf.Variable `ebpf:"wakeup_bytes"`
+	CountLoadsBegunBeforeAttach *ebpf.Variable `ebpf:"count_loads_begun_before_attach"`
+	LoadsInFlight               *ebpf.Variable `ebpf:"loads_in_flight"`
+	UnusedLoadEvent             *ebpf.Variable `ebpf:"unused_load_event"`
+	UnusedLostReason            *ebpf.Variable `ebpf:"unused_lost_reason"`
+	WakeupBytes                 *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // verifierlogPrograms contains all programs after they have been loaded into the kernel.

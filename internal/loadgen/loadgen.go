@@ -93,6 +93,9 @@ type ProgLoad struct {
 	LogLevel uint32
 	LogSize  uint32 // log_size; a buffer of this size is passed unless NoLogBuf
 	NoLogBuf bool   // pass log_buf = NULL (with LogSize 0: a size query)
+	// LogBufAddr, if non-zero, is passed as log_buf instead of a buffer of
+	// LogSize bytes (read-only or unmapped memory).
+	LogBufAddr uintptr
 	// AttrSize is the size argument of bpf(2); 0 means ProgLoadAttrSize.
 	// Sizes above ProgLoadAttrSize are passed with a zeroed tail.
 	AttrSize uint32
@@ -108,6 +111,10 @@ type ProgLoad struct {
 	// Comm, if set, is the calling thread's name during the call: the
 	// exporter's loader label (to imitate libbpf, cilium, aya, ...).
 	Comm string
+	// BeforeSyscall and AfterSyscall, if set, run on the calling thread
+	// right before and after each bpf(2) attempt, EAGAIN retries included
+	// (ground truth for loads killed mid-call).
+	BeforeSyscall, AfterSyscall func()
 }
 
 // BTFLoad describes one BPF_BTF_LOAD attempt.
@@ -201,7 +208,7 @@ func LoadProgram(p ProgLoad) (Result, error) {
 	}
 	attr := make([]byte, max(int(attrSize), ProgLoadAttrSize))
 	var logBuf []byte
-	if !p.NoLogBuf && p.LogSize > 0 {
+	if !p.NoLogBuf && p.LogSize > 0 && p.LogBufAddr == 0 {
 		logBuf = make([]byte, p.LogSize)
 	}
 	ne := binary.NativeEndian
@@ -215,7 +222,10 @@ func LoadProgram(p ProgLoad) (Result, error) {
 	ne.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&license[0]))))
 	ne.PutUint32(attr[24:], p.LogLevel)
 	ne.PutUint32(attr[28:], p.LogSize)
-	if logBuf != nil {
+	switch {
+	case p.LogBufAddr != 0:
+		ne.PutUint64(attr[32:], uint64(p.LogBufAddr))
+	case logBuf != nil:
 		ne.PutUint64(attr[32:], uint64(uintptr(unsafe.Pointer(&logBuf[0]))))
 	}
 	if p.RawName != nil {
@@ -225,7 +235,7 @@ func LoadProgram(p ProgLoad) (Result, error) {
 	}
 	ne.PutUint32(attr[progTrueSizeOff:], p.TrueSizePreset)
 
-	res := call(cmdProgLoad, attr, attrSize, p.AttrPtr, p.NullAttr, p.Comm)
+	res := call(cmdProgLoad, attr, attrSize, p.AttrPtr, p.NullAttr, p.Comm, p.BeforeSyscall, p.AfterSyscall)
 	runtime.KeepAlive(insns)
 	runtime.KeepAlive(logBuf)
 	res.InsnCnt = uint32(len(insns) / asm.InstructionSize)
@@ -279,7 +289,7 @@ func LoadBTF(b BTFLoad) (Result, error) {
 	ne.PutUint32(attr[24:], b.LogLevel)
 	ne.PutUint32(attr[btfTrueSizeOff:], b.TrueSizePreset)
 
-	res := call(cmdBTFLoad, attr, attrSize, b.AttrPtr, b.NullAttr, b.Comm)
+	res := call(cmdBTFLoad, attr, attrSize, b.AttrPtr, b.NullAttr, b.Comm, nil, nil)
 	runtime.KeepAlive(blob)
 	runtime.KeepAlive(logBuf)
 	res.LogTrueSize = b.TrueSizePreset
@@ -300,7 +310,17 @@ func MapCreate() Result {
 	ne.PutUint32(attr[4:], 4) // key_size
 	ne.PutUint32(attr[8:], 4) // value_size
 	ne.PutUint32(attr[12:], 1)
-	return call(cmdMapCreate, attr, uint32(len(attr)), 0, false, "")
+	return call(cmdMapCreate, attr, uint32(len(attr)), 0, false, "", nil, nil)
+}
+
+// ReadOnlyPages maps n pages that the process can read but not write: a
+// log_buf there makes the kernel's log copy fault.
+func ReadOnlyPages(n int) (uintptr, func(), error) {
+	b, err := unix.Mmap(-1, 0, n*os.Getpagesize(), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return 0, nil, err
+	}
+	return uintptr(unsafe.Pointer(&b[0])), func() { unix.Munmap(b) }, nil
 }
 
 // UnmappedAddress returns an address with no mapping behind it: a page
@@ -319,7 +339,7 @@ func UnmappedAddress() (uintptr, error) {
 
 // call makes the syscall on a locked thread so that the TID it reports is
 // the one the kernel saw.
-func call(cmd uintptr, attr []byte, size uint32, attrPtr uintptr, nullAttr bool, comm string) Result {
+func call(cmd uintptr, attr []byte, size uint32, attrPtr uintptr, nullAttr bool, comm string, before, after func()) Result {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if comm != "" {
@@ -346,9 +366,15 @@ func call(cmd uintptr, attr []byte, size uint32, attrPtr uintptr, nullAttr bool,
 	// here), which every real loader retries; so does this, and Result
 	// describes the last attempt, the one whose answer counts.
 	for try := 0; ; try++ {
+		if before != nil {
+			before()
+		}
 		res.StartNs = monotonicNs()
 		r, _, errno = unix.Syscall(unix.SYS_BPF, cmd, ptr, uintptr(size))
 		res.EndNs = monotonicNs()
+		if after != nil {
+			after()
+		}
 		if errno != unix.EAGAIN || try == maxEAGAINRetries {
 			break
 		}
