@@ -35,6 +35,7 @@ type serveCommand struct {
 	ringBuffer  *int
 	metricsPath *string
 	defaults    *defaultsFlag
+	dropCaps    *bool
 }
 
 func newServeCommand(app *kingpin.Application) *serveCommand {
@@ -47,6 +48,7 @@ func newServeCommand(app *kingpin.Application) *serveCommand {
 	c.loaderLimit = c.cmd.Flag("loader-limit", "Distinct loader label values; later loaders are counted as \"other\".").Default(fmt.Sprint(otel.DefaultLoaderLimit)).Int()
 	c.ringBuffer = c.cmd.Flag("ring-buffer-bytes", "Size of the kernel ring buffer of load records.").Default(fmt.Sprint(tracer.DefaultRingBufferBytes)).Int()
 	c.defaults = addDefaultsFlag(c.cmd)
+	c.dropCaps = addDropCapabilitiesFlag(c.cmd)
 	return c
 }
 
@@ -73,6 +75,11 @@ func (c *serveCommand) run(ctx context.Context, logger *slog.Logger) error {
 		return err
 	}
 	logger.Info("telemetry", "prometheus_path", *c.metricsPath, "otlp_push", fmt.Sprint(tel.Pushing))
+	listenAddrs := *c.web.WebListenAddresses
+	if *c.web.WebSystemdSocket {
+		listenAddrs = nil // systemd has bound them
+	}
+	dropCapabilitiesAndLog(logger, *c.dropCaps, listenAddrs)
 
 	var tracing atomic.Bool
 	tracing.Store(true)

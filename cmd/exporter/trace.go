@@ -18,6 +18,7 @@ type traceCommand struct {
 	attach     *string
 	output     *string
 	ringBuffer *int
+	dropCaps   *bool
 }
 
 func newTraceCommand(app *kingpin.Application) *traceCommand {
@@ -25,6 +26,7 @@ func newTraceCommand(app *kingpin.Application) *traceCommand {
 	c.attach = c.cmd.Flag("attach", "Kernel hooks: auto (cheapest that works), fentry, kprobe or tracepoint.").Default("auto").Enum("auto", "fentry", "kprobe", "tracepoint")
 	c.output = c.cmd.Flag("output", "table (aligned columns, human sizes) or json (one object per line).").Short('o').Default("table").Enum("table", "json")
 	c.ringBuffer = c.cmd.Flag("ring-buffer-bytes", "Size of the kernel ring buffer of load records.").Default(fmt.Sprint(tracer.DefaultRingBufferBytes)).Int()
+	c.dropCaps = addDropCapabilitiesFlag(c.cmd)
 	return c
 }
 
@@ -35,6 +37,7 @@ func (c *traceCommand) run(ctx context.Context, logger *slog.Logger, stdout io.W
 	}
 	defer tr.Close()
 	logAttach(logger, tr)
+	dropCapabilitiesAndLog(logger, *c.dropCaps, nil)
 
 	w := bufio.NewWriter(stdout)
 	var write func(*tracer.LoadEvent) error
