@@ -47,6 +47,12 @@ type Attempt struct {
 	Err  error
 }
 
+// KretprobeMaxActive is how many loads at once the kprobe mode's
+// kretprobes follow. Setting it needs the tracefs kprobe_events interface
+// (writable tracefs); where that fails, the kernel's default applies.
+// Linux caps it at 4096.
+const KretprobeMaxActive = 4096
+
 // Kernel functions the fentry and kprobe modes hook. bpf_btf_load is
 // inlined on some kernels; btf_new_fd, which it calls, is not.
 const (
@@ -64,6 +70,8 @@ type attached struct {
 	attachGrace *ebpf.Variable
 	// loadsInFlight is the programs' loads_in_flight, for tests.
 	loadsInFlight *ebpf.Variable
+	// notes say where the mode runs with less than it asked for.
+	notes []string
 }
 
 // detach closes the links in reverse order (enter hooks before exit hooks,
@@ -148,8 +156,21 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		kprobe := func(fn string) func(*ebpf.Program) (link.Link, error) {
 			return func(p *ebpf.Program) (link.Link, error) { return link.Kprobe(fn, p, nil) }
 		}
+		// kprobe_events, which RetprobeMaxActive needs, is in tracefs.
+		_ = ensureTracefs()
+		var notes []string
 		kretprobe := func(fn string) func(*ebpf.Program) (link.Link, error) {
-			return func(p *ebpf.Program) (link.Link, error) { return link.Kretprobe(fn, p, nil) }
+			return func(p *ebpf.Program) (link.Link, error) {
+				// The kernel's default of max(10, 2 x CPUs) concurrent
+				// instances would drop the exits of loads beyond it.
+				l, err := link.Kretprobe(fn, p, &link.KprobeOptions{RetprobeMaxActive: KretprobeMaxActive})
+				if err == nil {
+					return l, nil
+				}
+				notes = append(notes, fmt.Sprintf("kretprobe on %s: the kernel's default maxactive (max(10, 2 x CPUs) loads at once), not %d: %v; exits beyond it are counted as %s where the kernel reports them (6.8+)",
+					fn, KretprobeMaxActive, err, LostKretprobeMissed))
+				return link.Kretprobe(fn, p, nil)
+			}
 		}
 		a, err := attachHooks(mode, []hook{
 			{p.KretprobeProgLoad, "kretprobe/" + progLoadFunc, kretprobe(progLoadFunc)},
@@ -160,7 +181,7 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		if err != nil {
 			return nil, err
 		}
-		a.loadsInFlight = p.LoadsInFlight
+		a.loadsInFlight, a.notes = p.LoadsInFlight, notes
 		return a, nil
 	case AttachTracepoint:
 		if err := ensureTracefs(); err != nil {

@@ -149,6 +149,10 @@ func (t *Tracer) Mode() AttachMode { return t.mode }
 // Attempts lists the modes tried, in order; the last one is the one in use.
 func (t *Tracer) Attempts() []Attempt { return t.attempts }
 
+// Notes say where the chosen mode runs with less than it asked for (e.g.
+// the kernel's default kretprobe maxactive), for the log.
+func (t *Tracer) Notes() []string { return t.hooks.notes }
+
 // KernelRelease is uname -r.
 func (t *Tracer) KernelRelease() string { return t.release }
 

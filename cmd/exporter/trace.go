@@ -80,6 +80,9 @@ func logAttach(logger *slog.Logger, tr *tracer.Tracer) {
 		}
 	}
 	logger.Info("attached", "mode", tr.Mode(), "kernel", tr.KernelRelease(), "log_true_size_supported", tr.LogTrueSizeSupported())
+	for _, n := range tr.Notes() {
+		logger.Warn("attach limitation", "note", n)
+	}
 }
 
 func logLost(logger *slog.Logger, tr *tracer.Tracer) {
