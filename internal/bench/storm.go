@@ -11,8 +11,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -45,34 +47,12 @@ func (r StormResult) LoadsPerSecond() float64 { return float64(r.Issued) / r.Dur
 // exporter saw, what it lost, and what it cost.
 func Storm(exporterBin, mode string, threads int, d time.Duration) (StormResult, error) {
 	res := StormResult{Threads: threads, Duration: d}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	exp, err := StartExporter(exporterBin, mode)
 	if err != nil {
 		return res, err
 	}
-	addr := l.Addr().String()
-	l.Close()
-	cmd := exec.Command(exporterBin, "--web.listen-address="+addr, "--attach="+mode, "--log.level=warn")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return res, err
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	base := "http://" + addr
-	if err := backends.WaitReady(60*time.Second, nil, func() error {
-		resp, err := http.Get(base + "/healthz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/healthz: %s", resp.Status)
-		}
-		return nil
-	}); err != nil {
-		return res, fmt.Errorf("exporter: %w", err)
-	}
-
-	cpu0, err := cpuTime(cmd.Process.Pid)
+	defer exp.Kill()
+	cpu0, err := CPUTime(exp.Pid())
 	if err != nil {
 		return res, err
 	}
@@ -86,13 +66,14 @@ func Storm(exporterBin, mode string, threads int, d time.Duration) (StormResult,
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(deadline) {
-				// Every attempt counts, whatever the kernel answered (it
-				// says EAGAIN now and then): the exporter records each.
-				if _, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlbench_storm", Comm: StormComm}); err != nil {
+				// Every attempt counts, whatever the kernel answered, and
+				// so do the EAGAINs loadgen retried: the exporter records each.
+				r, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlbench_storm", Comm: StormComm})
+				if err != nil {
 					errs <- fmt.Errorf("storm load: %v", err)
 					return
 				}
-				issued.Add(1)
+				issued.Add(1 + uint64(r.EAGAINRetries))
 			}
 		}()
 	}
@@ -108,7 +89,7 @@ func Storm(exporterBin, mode string, threads int, d time.Duration) (StormResult,
 	// The exporter catches up; then its counters and its cost are read.
 	wait := time.Now().Add(30 * time.Second)
 	for {
-		seen, lost, err := scrapeStorm(base)
+		seen, lost, err := scrapeStorm(exp.Base)
 		if err != nil {
 			return res, err
 		}
@@ -118,24 +99,18 @@ func Storm(exporterBin, mode string, threads int, d time.Duration) (StormResult,
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	cpu1, err := cpuTime(cmd.Process.Pid)
+	cpu1, err := CPUTime(exp.Pid())
 	if err != nil {
 		return res, err
 	}
 	res.ExporterCPU = (cpu1 - cpu0).Seconds() / res.Duration.Seconds()
-	res.RSS, res.PeakRSS, err = memory(cmd.Process.Pid)
+	res.RSS, res.PeakRSS, err = Memory(exp.Pid())
 	return res, err
 }
 
 // scrapeStorm reads the storm loader's loads and the lost events.
 func scrapeStorm(base string) (seen, lost uint64, err error) {
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	families, err := Scrape(base)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -156,8 +131,87 @@ func scrapeStorm(base string) (seen, lost uint64, err error) {
 	return seen, lost, nil
 }
 
-// cpuTime is a process's user + system time, from /proc/PID/stat.
-func cpuTime(pid int) (time.Duration, error) {
+// ExporterProcess is an exporter process serving on a free loopback port.
+type ExporterProcess struct {
+	Base string // http://127.0.0.1:PORT
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
+	err  error         // its exit status, once done
+}
+
+// StartExporter starts exporterBin serving on a free loopback port in
+// attach mode mode, with env added to this process's environment, and
+// waits until its /healthz answers ok.
+func StartExporter(exporterBin, mode string, env ...string) (*ExporterProcess, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(exporterBin, "--web.listen-address="+addr, "--attach="+mode, "--log.level=warn")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	e := &ExporterProcess{Base: "http://" + addr, cmd: cmd, done: make(chan struct{})}
+	go func() { e.err = cmd.Wait(); close(e.done) }()
+	if err := backends.WaitReady(60*time.Second, e.done, func() error {
+		resp, err := http.Get(e.Base + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/healthz: %s", resp.Status)
+		}
+		return nil
+	}); err != nil {
+		e.Kill()
+		return nil, fmt.Errorf("exporter: %w", err)
+	}
+	return e, nil
+}
+
+// Pid is the exporter's process ID.
+func (e *ExporterProcess) Pid() int { return e.cmd.Process.Pid }
+
+// Kill kills the exporter and waits for it to exit.
+func (e *ExporterProcess) Kill() {
+	_ = e.cmd.Process.Kill()
+	<-e.done
+}
+
+// Stop sends SIGTERM, waits up to grace for the exporter to exit (then
+// kills it), and returns an error unless it exited with status 0.
+func (e *ExporterProcess) Stop(grace time.Duration) error {
+	_ = e.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.done:
+		return e.err
+	case <-time.After(grace):
+		e.Kill()
+		return fmt.Errorf("exporter did not exit within %v of SIGTERM", grace)
+	}
+}
+
+// Scrape reads and parses base's /metrics.
+func Scrape(base string) (map[string]*dto.MetricFamily, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s/metrics: %s", base, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(resp.Body)
+}
+
+// CPUTime is a process's user + system time, from /proc/PID/stat.
+func CPUTime(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
@@ -173,8 +227,8 @@ func cpuTime(pid int) (time.Duration, error) {
 	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }
 
-// memory is a process's VmRSS and VmHWM in bytes.
-func memory(pid int) (rss, peak uint64, err error) {
+// Memory is a process's VmRSS and VmHWM in bytes.
+func Memory(pid int) (rss, peak uint64, err error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, 0, err
