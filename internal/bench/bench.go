@@ -32,11 +32,22 @@ type Setup string
 const (
 	NoTracer Setup = "no tracer"
 	Floor    Setup = "empty programs (floor)"
-	Exporter Setup = "exporter"
+	// FloorExitOnly is one empty program on the exit hook alone: the least
+	// any single-program design (one sys_exit_bpf program reading the
+	// syscall's arguments from the saved registers) could cost.
+	FloorExitOnly Setup = "one empty exit program"
+	Exporter      Setup = "exporter"
 )
 
-// Setups in the order a round starts with; each round rotates it.
-var Setups = []Setup{NoTracer, Floor, Exporter}
+// SetupsFor lists the setups measured in mode, in the order a round starts
+// with; each round rotates it. The one-program floor exists only for
+// tracepoints, where the enter hook fires for every bpf(2) command.
+func SetupsFor(mode tracer.AttachMode) []Setup {
+	if mode == tracer.AttachTracepoint {
+		return []Setup{NoTracer, Floor, FloorExitOnly, Exporter}
+	}
+	return []Setup{NoTracer, Floor, Exporter}
+}
 
 // Op is one operation whose cost is measured.
 type Op struct {
@@ -85,18 +96,32 @@ func Ops() (ops []Op, close func(), err error) {
 	return ops, func() { m.Close() }, nil
 }
 
-// Iterations per op and round: enough for stable medians, few enough
-// that a run of every setup and op stays near a minute.
+// Iterations per op and round: short rounds, many of them, so that the
+// medians rest on many samples taken close together in time.
 var Iterations = map[string]int{
-	"bpf(BPF_MAP_LOOKUP_ELEM)":             200_000,
-	"getpid()":                             400_000,
-	"bpf(BPF_PROG_LOAD), 2 insns, log off": 3_000,
+	"bpf(BPF_MAP_LOOKUP_ELEM)":             100_000,
+	"getpid()":                             200_000,
+	"bpf(BPF_PROG_LOAD), 2 insns, log off": 2_000,
 }
 
-// measure returns ns per call of op over n calls on one locked thread.
+// measure returns ns per call of op over n calls on one locked thread,
+// pinned to the last CPU so that migrations do not add to the spread.
 func measure(op Op, n int) (float64, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	var cpus unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &cpus); err == nil {
+		var one unix.CPUSet
+		for cpu := 1023; cpu >= 0; cpu-- {
+			if cpus.IsSet(cpu) {
+				one.Set(cpu)
+				break
+			}
+		}
+		if err := unix.SchedSetaffinity(0, &one); err == nil {
+			defer unix.SchedSetaffinity(0, &cpus)
+		}
+	}
 	for range n / 20 { // warm
 		if err := op.run(); err != nil {
 			return 0, fmt.Errorf("%s: %w", op.Name, err)
@@ -111,13 +136,27 @@ func measure(op Op, n int) (float64, error) {
 	return float64(time.Since(start).Nanoseconds()) / float64(n), nil
 }
 
+// attached is one setup in place on the node.
+type attached interface {
+	io.Closer
+	// stats are the run counts and times of the setup's programs.
+	stats() ([]tracer.ProgramStats, error)
+}
+
+type noTracer struct{}
+
+func (noTracer) Close() error                          { return nil }
+func (noTracer) stats() ([]tracer.ProgramStats, error) { return nil, nil }
+
 // attach brings the node into setup s in attach mode mode.
-func attach(s Setup, mode tracer.AttachMode) (io.Closer, error) {
+func attach(s Setup, mode tracer.AttachMode) (attached, error) {
 	switch s {
 	case NoTracer:
-		return io.NopCloser(nil), nil
+		return noTracer{}, nil
 	case Floor:
-		return attachFloor(mode)
+		return attachFloor(mode, false)
+	case FloorExitOnly:
+		return attachFloor(mode, true)
 	case Exporter:
 		return attachExporter(mode)
 	}
@@ -134,13 +173,36 @@ func (c closers) Close() error {
 	return errors.Join(errs...)
 }
 
-func attachFloor(mode tracer.AttachMode) (io.Closer, error) {
+// floorSetup is the empty programs and their links.
+type floorSetup struct {
+	closers
+	progs []*ebpf.Program
+	hooks []string
+}
+
+func (f *floorSetup) stats() ([]tracer.ProgramStats, error) {
+	var out []tracer.ProgramStats
+	for i, p := range f.progs {
+		s, err := p.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("stats of floor program on %s: %w", f.hooks[i], err)
+		}
+		out = append(out, tracer.ProgramStats{Hook: f.hooks[i], RunCount: s.RunCount, RunTime: s.Runtime})
+	}
+	return out, nil
+}
+
+func attachFloor(mode tracer.AttachMode, exitOnly bool) (*floorSetup, error) {
+	if exitOnly && mode != tracer.AttachTracepoint {
+		return nil, fmt.Errorf("floor: one exit program only in tracepoint mode, not %q", mode)
+	}
 	spec, err := loadFloor()
 	if err != nil {
 		return nil, err
 	}
 	// Load only this mode's programs: the others may not load here.
 	var exit, enter *ebpf.Program
+	var exitHook, enterHook string
 	var attachExit, attachEnter func(*ebpf.Program) (link.Link, error)
 	load := func(exitName, enterName string) error {
 		var p struct {
@@ -159,14 +221,17 @@ func attachFloor(mode tracer.AttachMode) (io.Closer, error) {
 	switch mode {
 	case tracer.AttachTracepoint:
 		err = load("floor_exit_bpf", "floor_enter_bpf")
+		exitHook, enterHook = "tracepoint/syscalls/sys_exit_bpf", "tracepoint/syscalls/sys_enter_bpf"
 		attachExit = func(p *ebpf.Program) (link.Link, error) { return link.Tracepoint("syscalls", "sys_exit_bpf", p, nil) }
 		attachEnter = func(p *ebpf.Program) (link.Link, error) { return link.Tracepoint("syscalls", "sys_enter_bpf", p, nil) }
 	case tracer.AttachFentry:
 		err = load("floor_fexit_prog_load", "floor_fentry_prog_load")
+		exitHook, enterHook = "fexit/bpf_prog_load", "fentry/bpf_prog_load"
 		tracing := func(p *ebpf.Program) (link.Link, error) { return link.AttachTracing(link.TracingOptions{Program: p}) }
 		attachExit, attachEnter = tracing, tracing
 	case tracer.AttachKprobe:
 		err = load("floor_kretprobe_prog_load", "floor_kprobe_prog_load")
+		exitHook, enterHook = "kretprobe/bpf_prog_load", "kprobe/bpf_prog_load"
 		attachExit = func(p *ebpf.Program) (link.Link, error) { return link.Kretprobe("bpf_prog_load", p, nil) }
 		attachEnter = func(p *ebpf.Program) (link.Link, error) { return link.Kprobe("bpf_prog_load", p, nil) }
 	default:
@@ -175,19 +240,25 @@ func attachFloor(mode tracer.AttachMode) (io.Closer, error) {
 	if err != nil {
 		return nil, err
 	}
-	cs := closers{exit, enter}
-	for _, a := range []struct {
+	f := &floorSetup{closers: closers{exit, enter}}
+	hooks := []struct {
 		p      *ebpf.Program
+		hook   string
 		attach func(*ebpf.Program) (link.Link, error)
-	}{{exit, attachExit}, {enter, attachEnter}} {
-		l, err := a.attach(a.p)
-		if err != nil {
-			cs.Close()
-			return nil, fmt.Errorf("attach floor program: %w", err)
-		}
-		cs = append(cs, l)
+	}{{exit, exitHook, attachExit}, {enter, enterHook, attachEnter}}
+	if exitOnly {
+		hooks = hooks[:1]
 	}
-	return cs, nil
+	for _, h := range hooks {
+		l, err := h.attach(h.p)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("attach floor program on %s: %w", h.hook, err)
+		}
+		f.closers = append(f.closers, l)
+		f.progs, f.hooks = append(f.progs, h.p), append(f.hooks, h.hook)
+	}
+	return f, nil
 }
 
 // exporterSetup is the tracer and the metrics pipeline, as `exporter`
@@ -199,7 +270,9 @@ type exporterSetup struct {
 	done   chan error
 }
 
-func attachExporter(mode tracer.AttachMode) (io.Closer, error) {
+func (e *exporterSetup) stats() ([]tracer.ProgramStats, error) { return e.tr.ProgramStats() }
+
+func attachExporter(mode tracer.AttachMode) (*exporterSetup, error) {
 	tr, err := tracer.New(tracer.Options{Attach: mode})
 	if err != nil {
 		return nil, err
@@ -246,21 +319,22 @@ func (r Result) Ratio() float64 {
 	return r.Added(Exporter) / floor
 }
 
-// Syscalls measures every op in every setup for rounds rounds, rotating
-// the setups' order each round, and returns the medians.
+// Syscalls measures every op in every setup of mode for rounds rounds,
+// rotating the setups' order each round, and returns the medians.
 func Syscalls(mode tracer.AttachMode, rounds int, progress io.Writer) ([]Result, error) {
 	ops, closeOps, err := Ops()
 	if err != nil {
 		return nil, err
 	}
 	defer closeOps()
+	setups := SetupsFor(mode)
 	results := make([]Result, len(ops))
 	for i, op := range ops {
 		results[i] = Result{Op: op.Name, NsPerOp: map[Setup]float64{}, Rounds: map[Setup][]float64{}}
 	}
 	for round := range rounds {
-		for k := range Setups {
-			s := Setups[(k+round)%len(Setups)]
+		for k := range setups {
+			s := setups[(k+round)%len(setups)]
 			c, err := attach(s, mode)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", s, err)
@@ -285,6 +359,72 @@ func Syscalls(mode tracer.AttachMode, rounds int, progress io.Writer) ([]Result,
 		}
 	}
 	return results, nil
+}
+
+// ProgramTime is the time the kernel spent in one setup's BPF programs per
+// call of one op, from the kernel's own BPF run-time statistics.
+type ProgramTime struct {
+	Op    string
+	Setup Setup
+	// Runs is program runs per call (2 for a bpf(2) call with both hooks).
+	Runs float64
+	// Ns is ns in the programs per call. It includes the stats' own
+	// clock reads, alike for every program: compare setups, not absolute
+	// figures.
+	Ns float64
+}
+
+// ProgramTimes enables the kernel's BPF run-time statistics and measures,
+// for every setup with programs, the program runs and time per call of each
+// op. Unlike ns/op, these figures do not move with the machine's noise:
+// they say exactly what the exporter's programs cost over empty ones.
+func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enable BPF stats: %w", err)
+	}
+	defer stats.Close()
+	ops, closeOps, err := Ops()
+	if err != nil {
+		return nil, err
+	}
+	defer closeOps()
+	var out []ProgramTime
+	for _, s := range SetupsFor(mode) {
+		if s == NoTracer {
+			continue
+		}
+		c, err := attach(s, mode)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s, err)
+		}
+		for _, op := range ops {
+			n := Iterations[op.Name]
+			before, err := c.stats()
+			if err == nil {
+				_, err = measure(op, n)
+			}
+			var after []tracer.ProgramStats
+			if err == nil {
+				after, err = c.stats()
+			}
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			pt := ProgramTime{Op: op.Name, Setup: s}
+			calls := float64(n + n/20) // measure warms with n/20 calls
+			for i := range after {
+				pt.Runs += float64(after[i].RunCount-before[i].RunCount) / calls
+				pt.Ns += float64(after[i].RunTime-before[i].RunTime) / calls
+			}
+			out = append(out, pt)
+		}
+		if err := c.Close(); err != nil {
+			return nil, fmt.Errorf("detach %s: %w", s, err)
+		}
+	}
+	return out, nil
 }
 
 func median(v []float64) float64 {
