@@ -826,8 +826,8 @@ func TestMeasuredLogLengthIsTheExactNeed(t *testing.T) {
 // most min(attr size, 144) bytes and decodes a cut field as the kernel does.
 func TestHostileAttrSizesAreRecordedAsTheKernelSawThem(t *testing.T) {
 	h := sharedHarness(t)
-	for _, size := range []uint32{1, 30, 143, 144, 4096, 8192} {
-		p := loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 64, Name: "vlog_hostile", LogLevel: loadgen.LogLevel2, LogSize: 256, AttrSize: size}
+	for _, size := range []uint32{0, 1, 30, 143, 144, 4096, 8192} {
+		p := loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 64, Name: "vlog_hostile", LogLevel: loadgen.LogLevel2, LogSize: 256, AttrSize: size, ZeroAttrSize: size == 0}
 		r := loadProg(t, p)
 		if size > 4096 && h.tr.Mode() != tracer.AttachTracepoint {
 			// Larger than a page is E2BIG in the syscall itself, before
@@ -849,7 +849,9 @@ func TestHostileAttrSizesAreRecordedAsTheKernelSawThem(t *testing.T) {
 		case size < 8:
 			// insn_cnt and the pointers are cut to 0: E2BIG (6.4+) or
 			// EFAULT (6.1, which copies the license first).
-			if (r.Errno != unix.E2BIG && r.Errno != unix.EFAULT) || ev.InsnCnt != 0 || ev.LogLevel != 0 || ev.ProgType != 1 {
+			// Size 0 copies nothing: prog_type is 0 too.
+			wantType := uint32(min(size, 1))
+			if (r.Errno != unix.E2BIG && r.Errno != unix.EFAULT) || ev.InsnCnt != 0 || ev.LogLevel != 0 || ev.ProgType != wantType {
 				t.Errorf("size %d: kernel %v; recorded type %d insn_cnt %d level %d", size, r.Errno, ev.ProgType, ev.InsnCnt, ev.LogLevel)
 			}
 		case size > 4096:

@@ -96,9 +96,12 @@ type ProgLoad struct {
 	// LogBufAddr, if non-zero, is passed as log_buf instead of a buffer of
 	// LogSize bytes (read-only or unmapped memory).
 	LogBufAddr uintptr
-	// AttrSize is the size argument of bpf(2); 0 means ProgLoadAttrSize.
-	// Sizes above ProgLoadAttrSize are passed with a zeroed tail.
+	// AttrSize is the size argument of bpf(2); 0 means ProgLoadAttrSize
+	// unless ZeroAttrSize. Sizes above ProgLoadAttrSize are passed with a
+	// zeroed tail.
 	AttrSize uint32
+	// ZeroAttrSize passes a size of 0.
+	ZeroAttrSize bool
 	// TrueSizePreset is written into log_true_size before the call, to tell
 	// the kernel's write-back from what user space left there.
 	TrueSizePreset uint32
@@ -203,7 +206,7 @@ func LoadProgram(p ProgLoad) (Result, error) {
 		return Result{}, fmt.Errorf("program name %q is longer than %d bytes", p.Name, maxProgNameLength)
 	}
 	attrSize := p.AttrSize
-	if attrSize == 0 {
+	if attrSize == 0 && !p.ZeroAttrSize {
 		attrSize = ProgLoadAttrSize
 	}
 	attr := make([]byte, max(int(attrSize), ProgLoadAttrSize))
