@@ -50,13 +50,19 @@ const volatile __u64 wakeup_bytes = 0;
 __u64 loads_in_flight = 0;
 
 /*
- * Set while loads that began before the tracer attached may still end:
- * their enter hook never ran, so only the exit hook's command check can
- * count them (LOST_NO_INFLIGHT). Go clears it a grace period after attach
- * (tracer.Options.AttachGrace). Its own section, so that Go's store cannot
- * race the hooks' atomic adds to loads_in_flight.
+ * Flags Go sets while the programs run, in their own section so that Go's
+ * stores cannot race the hooks' atomic adds to loads_in_flight.
+ *
+ * count_loads_begun_before_attach is set while loads that began before the
+ * tracer attached may still end: their enter hook never ran, so only the
+ * exit hook's command check can count them (LOST_NO_INFLIGHT). Go clears it
+ * a grace period after attach (tracer.Options.AttachGrace).
+ *
+ * detaching is set just before the links close, enter hooks first: a load
+ * that begins then has no entry, and is not lost but unwatched.
  */
-volatile __u32 count_loads_begun_before_attach SEC(".data.attach_grace") = 1;
+volatile __u32 count_loads_begun_before_attach SEC(".data.control") = 1;
+volatile __u32 detaching SEC(".data.control") = 0;
 
 /* Record flags. Go: tracer/decode.go. */
 #define FLAG_ATTR_UNREADABLE (1 << 0) /* the attr copy faulted: bad pointer */
@@ -308,7 +314,8 @@ static __always_inline int record_exit(__s64 ret)
 
 	in = bpf_map_lookup_elem(&inflight, &id);
 	if (!in) {
-		count_lost(LOST_NO_INFLIGHT);
+		if (!detaching)
+			count_lost(LOST_NO_INFLIGHT);
 		return 0;
 	}
 	__sync_fetch_and_add(&loads_in_flight, -1);

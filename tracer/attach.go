@@ -70,6 +70,8 @@ type attached struct {
 	attachGrace *ebpf.Variable
 	// loadsInFlight is the programs' loads_in_flight, for tests.
 	loadsInFlight *ebpf.Variable
+	// detaching tells the exit hooks that the enter hooks are going.
+	detaching *ebpf.Variable
 	// notes say where the mode runs with less than it asked for.
 	notes []string
 }
@@ -78,6 +80,11 @@ type attached struct {
 // so that loads in flight still reach an exit hook) and the programs.
 func (a *attached) detach() error {
 	var errs []error
+	if a.detaching != nil {
+		// Fails only where maps cannot be memory-mapped (before 5.5): the
+		// loads begun while detaching are then counted as inflight_missing.
+		_ = a.detaching.Set(uint32(1))
+	}
 	for i := len(a.links) - 1; i >= 0; i-- {
 		errs = append(errs, a.links[i].Close())
 	}
@@ -124,6 +131,7 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 			FexitBTFLoad   *ebpf.Program  `ebpf:"fexit_btf_load"`
 			FentryBTFLoad  *ebpf.Program  `ebpf:"fentry_btf_load"`
 			LoadsInFlight  *ebpf.Variable `ebpf:"loads_in_flight"`
+			Detaching      *ebpf.Variable `ebpf:"detaching"`
 		}
 		if err := spec.LoadAndAssign(&p, opts); err != nil {
 			return nil, fmt.Errorf("fentry: load programs: %w", explainAttachError(mode, err))
@@ -140,7 +148,7 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		if err != nil {
 			return nil, err
 		}
-		a.loadsInFlight = p.LoadsInFlight
+		a.loadsInFlight, a.detaching = p.LoadsInFlight, p.Detaching
 		return a, nil
 	case AttachKprobe:
 		var p struct {
@@ -149,6 +157,7 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 			KretprobeBTFLoad  *ebpf.Program  `ebpf:"kretprobe_btf_load"`
 			KprobeBTFLoad     *ebpf.Program  `ebpf:"kprobe_btf_load"`
 			LoadsInFlight     *ebpf.Variable `ebpf:"loads_in_flight"`
+			Detaching         *ebpf.Variable `ebpf:"detaching"`
 		}
 		if err := spec.LoadAndAssign(&p, opts); err != nil {
 			return nil, fmt.Errorf("kprobe: load programs: %w", explainAttachError(mode, err))
@@ -181,7 +190,7 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		if err != nil {
 			return nil, err
 		}
-		a.loadsInFlight, a.notes = p.LoadsInFlight, notes
+		a.loadsInFlight, a.detaching, a.notes = p.LoadsInFlight, p.Detaching, notes
 		return a, nil
 	case AttachTracepoint:
 		if err := ensureTracefs(); err != nil {
@@ -192,6 +201,7 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 			Enter         *ebpf.Program  `ebpf:"tracepoint_enter_bpf"`
 			AttachGrace   *ebpf.Variable `ebpf:"count_loads_begun_before_attach"`
 			LoadsInFlight *ebpf.Variable `ebpf:"loads_in_flight"`
+			Detaching     *ebpf.Variable `ebpf:"detaching"`
 		}
 		if err := spec.LoadAndAssign(&p, opts); err != nil {
 			return nil, fmt.Errorf("tracepoint: load programs: %w", err)
@@ -206,7 +216,7 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		if err != nil {
 			return nil, err
 		}
-		a.attachGrace, a.loadsInFlight = p.AttachGrace, p.LoadsInFlight
+		a.attachGrace, a.loadsInFlight, a.detaching = p.AttachGrace, p.LoadsInFlight, p.Detaching
 		return a, nil
 	}
 	return nil, fmt.Errorf("unknown attach mode %q", mode)

@@ -68,6 +68,7 @@ const (
 	verifierlogProgTracepointEnterBpf         = "tracepoint_enter_bpf"
 	verifierlogProgTracepointExitBpf          = "tracepoint_exit_bpf"
 	verifierlogVarCountLoadsBegunBeforeAttach = "count_loads_begun_before_attach"
+	verifierlogVarDetaching                   = "detaching"
 	verifierlogVarLoadsInFlight               = "loads_in_flight"
 	verifierlogVarUnusedLoadEvent             = "unused_load_event"
 	verifierlogVarUnusedLostReason            = "unused_lost_reason"
@@ -143,6 +144,7 @@ type verifierlogMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type verifierlogVariableSpecs struct {
 	CountLoadsBegunBeforeAttach *ebpf.VariableSpec `ebpf:"count_loads_begun_before_attach"`
+	Detaching                   *ebpf.VariableSpec `ebpf:"detaching"`
 	LoadsInFlight               *ebpf.VariableSpec `ebpf:"loads_in_flight"`
 	UnusedLoadEvent             *ebpf.VariableSpec `ebpf:"unused_load_event"`
 	UnusedLostReason            *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
@@ -189,6 +191,7 @@ func (m *verifierlogMaps) Close() error {
 // It can be passed to loadVerifierlogObjects or ebpf.CollectionSpec.LoadAndAssign.
 type verifierlogVariables struct {
 	CountLoadsBegunBeforeAttach *ebpf.Variable `ebpf:"count_loads_begun_before_attach"`
+	Detaching                   *ebpf.Variable `ebpf:"detaching"`
 	LoadsInFlight               *ebpf.Variable `ebpf:"loads_in_flight"`
 	UnusedLoadEvent             *ebpf.Variable `ebpf:"unused_load_event"`
 	UnusedLostReason            *ebpf.Variable `ebpf:"unused_lost_reason"`
