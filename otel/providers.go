@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -32,13 +33,18 @@ type Telemetry struct {
 	Recorder *Recorder
 	// Pushing says which signals are pushed ("traces", "metrics").
 	Pushing []string
+
+	spans   *spanQueue              // nil unless spans are pushed
+	metrics *countingMetricExporter // nil unless metrics are pushed over OTLP
 }
 
 // Setup builds the providers. OTLP is off unless OTEL_TRACES_EXPORTER or
 // OTEL_METRICS_EXPORTER is set (to otlp or console); the protocol,
 // endpoint, headers and intervals come from the OTEL_EXPORTER_OTLP_* and
-// OTEL_METRIC_EXPORT_* variables, the resource from OTEL_SERVICE_NAME and
-// OTEL_RESOURCE_ATTRIBUTES.
+// OTEL_METRIC_EXPORT_* variables, the span queue's bounds from OTEL_BSP_*,
+// the resource from OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES. Pushes
+// that fail are counted (registerPushMetrics), never waited for on the
+// per-event path.
 func Setup(ctx context.Context, build BuildInfo) (*Telemetry, error) {
 	res, err := resource.New(ctx,
 		resource.WithAttributes(semconv.ServiceName(ServiceName), semconv.ServiceVersion(build.Version)),
@@ -70,6 +76,14 @@ func Setup(ctx context.Context, build BuildInfo) (*Telemetry, error) {
 	case "", "none":
 	case "prometheus":
 		return nil, errors.New("OTEL_METRICS_EXPORTER=prometheus: the exporter always serves Prometheus on /metrics; set otlp, console or none")
+	case "otlp":
+		reader, exp, err := newOTLPMetricReader(ctx, t.Recorder)
+		if err != nil {
+			return nil, fmt.Errorf("OTEL_METRICS_EXPORTER=%s: %w", v, err)
+		}
+		t.metrics = exp
+		metricOpts = append(metricOpts, metric.WithReader(reader))
+		t.Pushing = append(t.Pushing, "metrics")
 	default:
 		autoexport.WithFallbackMetricProducer(func(context.Context) (metric.Producer, error) { return t.Recorder, nil })
 		reader, err := autoexport.NewMetricReader(ctx)
@@ -84,23 +98,39 @@ func Setup(ctx context.Context, build BuildInfo) (*Telemetry, error) {
 	switch v := os.Getenv("OTEL_TRACES_EXPORTER"); v {
 	case "", "none":
 	default:
+		cfg, err := spanQueueConfigFromEnv()
+		if err != nil {
+			_ = t.MeterProvider.Shutdown(ctx)
+			return nil, err
+		}
 		exp, err := autoexport.NewSpanExporter(ctx)
 		if err != nil {
 			_ = t.MeterProvider.Shutdown(ctx)
 			return nil, fmt.Errorf("OTEL_TRACES_EXPORTER=%s: %w", v, err)
 		}
-		t.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithResource(res), sdktrace.WithBatcher(exp))
+		// Not the SDK's batcher: it drops spans without counting them.
+		t.spans = newSpanQueue(exp, cfg)
+		t.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithResource(res), sdktrace.WithSpanProcessor(t.spans))
 		t.Pushing = append(t.Pushing, "traces")
+	}
+	if err := registerPushMetrics(t.MeterProvider.Meter(ScopeName), t.spans, t.metrics); err != nil {
+		_ = t.Shutdown(ctx)
+		return nil, err
 	}
 	return t, nil
 }
 
-// Shutdown flushes pending spans and metrics and stops the exporters.
+// Shutdown flushes pending spans and metrics and stops the exporters. The
+// two signals shut down at once, so each has until ctx's deadline: with
+// the endpoint down, Shutdown returns about then (see spanQueue.Shutdown),
+// and the spans it could not flush are counted as dropped{reason="shutdown"}.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
-	var errs []error
+	var traceErr error
+	var wg sync.WaitGroup
 	if t.TracerProvider != nil {
-		errs = append(errs, t.TracerProvider.Shutdown(ctx))
+		wg.Go(func() { traceErr = t.TracerProvider.Shutdown(ctx) })
 	}
-	errs = append(errs, t.MeterProvider.Shutdown(ctx))
-	return errors.Join(errs...)
+	metricErr := t.MeterProvider.Shutdown(ctx)
+	wg.Wait()
+	return errors.Join(traceErr, metricErr)
 }

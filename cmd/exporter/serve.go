@@ -61,6 +61,7 @@ func (c *serveCommand) run(ctx context.Context, logger *slog.Logger) error {
 	defer tr.Close()
 	logAttach(logger, tr)
 
+	otel.LogSDKErrors(logger)
 	tel, err := otel.Setup(ctx, build)
 	if err != nil {
 		return err
