@@ -422,3 +422,60 @@ func TestRestartWhileLoadsRunHasNoDuplicateOrPhantomRecord(t *testing.T) {
 	}
 	t.Logf("%d loads issued across %d runs, %d recorded", len(st.results), len(runs), len(seenIn))
 }
+
+// TestFullRingBufferDropsAreExported overruns a one-page ring buffer with
+// bursts of loads: /metrics must account for every load, as recorded or as
+// lost{reason="ringbuf_full"}.
+func TestFullRingBufferDropsAreExported(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	s := startServer(t, bin, nil, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"), "--ring-buffer-bytes=4096")
+	const comm = "vlog-ringfull"
+	var issued atomic.Int64
+	lostFull := func() (seen, full float64) {
+		_, families := s.scrape()
+		for _, m := range series(families, "bpf_prog_loads_total", map[string]string{"loader": comm}) {
+			seen += m.GetCounter().GetValue()
+		}
+		if ms := series(families, "verifierlog_exporter_events_lost_total", map[string]string{"reason": "ringbuf_full"}); len(ms) == 1 {
+			full = ms[0].GetCounter().GetValue()
+		}
+		return seen, full
+	}
+	var seen, full float64
+	for burst := 0; burst < 20 && full == 0; burst++ {
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for range 200 {
+					r, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_ringfull", Comm: comm})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					issued.Add(1 + int64(r.EAGAINRetries))
+				}
+			})
+		}
+		wg.Wait()
+		// Everything not dropped reaches user space within the flush
+		// interval; wait until the counts stop moving.
+		prev := -1.0
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			seen, full = lostFull()
+			if seen+full == prev {
+				break
+			}
+			prev = seen + full
+		}
+	}
+	if full == 0 {
+		t.Fatalf("%d loads never overran a one-page ring buffer", issued.Load())
+	}
+	// Only this test loads here (CI), so every drop is one of its loads.
+	if seen+full != float64(issued.Load()) {
+		t.Errorf("%v recorded + %v dropped as ringbuf_full, want the %d loads issued", seen, full, issued.Load())
+	}
+	t.Logf("%d loads: %v recorded, %v dropped and counted", issued.Load(), seen, full)
+	s.stop()
+}

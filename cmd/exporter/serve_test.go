@@ -347,7 +347,7 @@ func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
 	if ms := series(families, "verifierlog_exporter_events_total", nil); len(ms) != 1 || ms[0].GetCounter().GetValue() < 5 {
 		t.Errorf("events_total: %v", ms)
 	}
-	for _, reason := range []string{"ringbuf_full", "inflight_missing", "inflight_update_failed", "inflight_stale", "decode_error"} {
+	for _, reason := range []string{"ringbuf_full", "inflight_missing", "inflight_update_failed", "inflight_stale", "kretprobe_missed", "decode_error"} {
 		if ms := series(families, "verifierlog_exporter_events_lost_total", map[string]string{"reason": reason}); len(ms) != 1 || ms[0].GetCounter().GetValue() != 0 {
 			t.Errorf("events_lost_total{reason=%s}: %v", reason, ms)
 		}
