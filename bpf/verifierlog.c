@@ -40,12 +40,11 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 const volatile __u64 wakeup_bytes = 0;
 
 /*
- * Loads between their enter and exit hooks, all hooks together: entries of
- * the inflight map that this program inserted and no exit has taken yet.
- * It can only err high (an LRU eviction takes an entry without a
- * decrement), which costs speed, never a record. The tracepoint exit hook,
- * which fires for every bpf(2) call, leaves after one memory load while it
- * is zero.
+ * Loads between their enter and exit hooks, all hooks together: busy
+ * inflight slots. It can only err high (a thread that exits between its
+ * hooks, after a missed kretprobe, takes its slot without a decrement),
+ * which costs speed, never a record. The tracepoint exit hook, which fires
+ * for every bpf(2) call, leaves after one memory load while it is zero.
  */
 __u64 loads_in_flight = 0;
 
@@ -110,8 +109,8 @@ struct load_event {
 /* Reasons a load attempt went unrecorded. Go: tracer/lost.go reads them. */
 enum lost_reason {
 	LOST_RINGBUF_FULL = 0,      /* exit hook could not reserve a record */
-	LOST_NO_INFLIGHT = 1,       /* exit hook found no entry: evicted, or began before attach */
-	LOST_INFLIGHT_UPDATE = 2,   /* enter hook could not insert its entry */
+	LOST_NO_INFLIGHT = 1,       /* exit hook found no entry: not stored, or began before attach */
+	LOST_INFLIGHT_UPDATE = 2,   /* enter hook could not get its task-storage slot */
 	LOST_STALE_INFLIGHT = 3,    /* a thread's previous entry never saw its exit */
 	LOST_REASON_MAX,
 };
@@ -122,16 +121,23 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
+/* A thread's load between its enter and exit hook. */
+struct inflight_slot {
+	__u32 busy; /* the enter hook filled in, the exit hook has not taken it */
+	__u32 pad;
+	struct inflight in;
+};
+
 /*
- * Loads between their enter and exit hook, by pid_tgid. LRU, so entries of
- * threads that never reached their exit hook cannot fill it. Only the hooks
+ * One slot per thread that has loaded, in the thread's own BPF task
+ * storage: no hashing, no eviction, freed with the thread. Only the hooks
  * read it.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct inflight);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct inflight_slot);
 } inflight SEC(".maps");
 
 /* Per-CPU bytes the log scan copies into and throws away. Only measure_log uses it. */
@@ -175,11 +181,21 @@ static __always_inline int is_load_cmd(__u32 cmd)
 static __always_inline int record_enter(__u32 cmd, __u64 uattr, __u32 attr_size,
 					const void *kattr, __u32 flags)
 {
-	struct inflight in = {};
-	__u64 id = bpf_get_current_pid_tgid();
+	struct inflight_slot *slot;
 	__u32 need = cmd == BPF_PROG_LOAD ? PROG_LOAD_ATTR_NEED : BTF_LOAD_ATTR_NEED;
 	__u64 n = attr_size < need ? attr_size : need;
 	long err;
+
+	slot = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!slot) {
+		count_lost(LOST_INFLIGHT_UPDATE);
+		return 0;
+	}
+	if (slot->busy)
+		/* The previous load's exit never came; its count carries over. */
+		count_lost(LOST_STALE_INFLIGHT);
+	else
+		__sync_fetch_and_add(&loads_in_flight, 1);
 
 	if (flags & FLAG_KERNEL_CALLER)
 		n = need; /* the kernel copy is a whole, zero-filled union bpf_attr */
@@ -189,30 +205,22 @@ static __always_inline int record_enter(__u32 cmd, __u64 uattr, __u32 attr_size,
 	if (n > ATTR_COPY_MAX)
 		n = ATTR_COPY_MAX;
 
-	in.start_ns = bpf_ktime_get_ns();
-	in.uattr = uattr;
-	in.cmd = cmd;
-	in.attr_size = attr_size;
-	in.flags = flags;
+	slot->in.start_ns = bpf_ktime_get_ns();
+	slot->in.uattr = uattr;
+	slot->in.cmd = cmd;
+	slot->in.attr_size = attr_size;
+	slot->in.attr_copied = 0;
+	__builtin_memset(slot->in.attr, 0, sizeof(slot->in.attr));
 	if (kattr)
-		err = bpf_probe_read_kernel(in.attr, n, kattr);
+		err = bpf_probe_read_kernel(slot->in.attr, n, kattr);
 	else
-		err = bpf_probe_read_user(in.attr, n, (const void *)uattr);
+		err = bpf_probe_read_user(slot->in.attr, n, (const void *)uattr);
 	if (err)
-		in.flags |= FLAG_ATTR_UNREADABLE;
+		flags |= FLAG_ATTR_UNREADABLE;
 	else
-		in.attr_copied = n;
-
-	err = bpf_map_update_elem(&inflight, &id, &in, BPF_NOEXIST);
-	if (!err) {
-		__sync_fetch_and_add(&loads_in_flight, 1);
-	} else if (err == -17 /* EEXIST */) {
-		/* The stale entry's count carries over to its replacement. */
-		count_lost(LOST_STALE_INFLIGHT);
-		err = bpf_map_update_elem(&inflight, &id, &in, BPF_ANY);
-	}
-	if (err)
-		count_lost(LOST_INFLIGHT_UPDATE);
+		slot->in.attr_copied = n;
+	slot->in.flags = flags;
+	slot->busy = 1;
 	return 0;
 }
 
@@ -308,25 +316,24 @@ static __always_inline int record_exit(__s64 ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
-	struct inflight *in;
+	struct inflight_slot *slot;
 	struct load_event *e;
 	__u32 off;
 
-	in = bpf_map_lookup_elem(&inflight, &id);
-	if (!in) {
+	slot = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+	if (!slot || !slot->busy) {
 		if (!detaching)
 			count_lost(LOST_NO_INFLIGHT);
 		return 0;
 	}
+	slot->busy = 0;
 	__sync_fetch_and_add(&loads_in_flight, -1);
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost(LOST_RINGBUF_FULL);
-		bpf_map_delete_elem(&inflight, &id);
 		return 0;
 	}
-	__builtin_memcpy(&e->in, in, sizeof(e->in));
-	bpf_map_delete_elem(&inflight, &id);
+	__builtin_memcpy(&e->in, &slot->in, sizeof(e->in));
 
 	e->end_ns = bpf_ktime_get_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id();

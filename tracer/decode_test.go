@@ -162,7 +162,7 @@ func TestDecodeRejectsShortAndForeignRecords(t *testing.T) {
 		t.Fatalf("short record: %v", err)
 	}
 	raw := rawProgLoad{attrSize: 144}.bytes()
-	binary.NativeEndian.PutUint32(raw[unsafe.Offsetof(verifierlogInflight{}.Cmd):], 0) // BPF_MAP_CREATE
+	binary.NativeEndian.PutUint32(raw[unsafe.Offsetof(verifierlogLoadEvent{}.In.Cmd):], 0) // BPF_MAP_CREATE
 	if err := d.decode(raw, &ev); err == nil {
 		t.Fatal("record of a non-load command decoded")
 	}

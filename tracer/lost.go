@@ -14,12 +14,13 @@ const (
 	// LostRingBufferFull: the ring buffer had no room for the record
 	// (user space fell behind).
 	LostRingBufferFull LostReason = "ringbuf_full"
-	// LostNoInflight: a load ended with no in-flight entry: the entry was
-	// evicted (table overflow), could not be stored (LostInflightUpdate),
-	// or the load began before the tracer attached.
+	// LostNoInflight: a load ended with no in-flight entry: the entry could
+	// not be stored (LostInflightUpdate), or the load began before the
+	// tracer attached.
 	LostNoInflight LostReason = "inflight_missing"
-	// LostInflightUpdate: the enter hook could not store its entry. The
-	// load's exit then counts it again as LostNoInflight.
+	// LostInflightUpdate: the enter hook could not get its thread's
+	// task-storage slot (out of memory, or task storage busy on that CPU).
+	// The load's exit then counts it again as LostNoInflight.
 	LostInflightUpdate LostReason = "inflight_update_failed"
 	// LostStaleInflight: a thread began a load while its previous one had no
 	// exit (a missed kretprobe); the earlier attempt is lost.

@@ -13,20 +13,34 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type verifierlogInflight struct {
-	_          structs.HostLayout
-	StartNs    uint64
-	Uattr      uint64
-	Cmd        uint32
-	AttrSize   uint32
-	AttrCopied uint32
-	Flags      uint32
-	Attr       [144]uint8
+type verifierlogInflightSlot struct {
+	_    structs.HostLayout
+	Busy uint32
+	Pad  uint32
+	In   struct {
+		_          structs.HostLayout
+		StartNs    uint64
+		Uattr      uint64
+		Cmd        uint32
+		AttrSize   uint32
+		AttrCopied uint32
+		Flags      uint32
+		Attr       [144]uint8
+	}
 }
 
 type verifierlogLoadEvent struct {
-	_             structs.HostLayout
-	In            verifierlogInflight
+	_  structs.HostLayout
+	In struct {
+		_          structs.HostLayout
+		StartNs    uint64
+		Uattr      uint64
+		Cmd        uint32
+		AttrSize   uint32
+		AttrCopied uint32
+		Flags      uint32
+		Attr       [144]uint8
+	}
 	EndNs         uint64
 	CgroupId      uint64
 	Ret           int64
