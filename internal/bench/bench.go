@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"time"
 	"unsafe"
 
@@ -105,22 +107,14 @@ var Iterations = map[string]int{
 }
 
 // measure returns ns per call of op over n calls on one locked thread,
-// pinned to the last CPU so that migrations do not add to the spread.
+// pinned to the last CPU, with every other thread of this process (the
+// in-process exporter's included) kept off that CPU: the figures are the
+// syscall path's cost, the exporter's own CPU time is the storm's.
 func measure(op Op, n int) (float64, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var cpus unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &cpus); err == nil {
-		var one unix.CPUSet
-		for cpu := 1023; cpu >= 0; cpu-- {
-			if cpus.IsSet(cpu) {
-				one.Set(cpu)
-				break
-			}
-		}
-		if err := unix.SchedSetaffinity(0, &one); err == nil {
-			defer unix.SchedSetaffinity(0, &cpus)
-		}
+	if restore, err := isolate(); err == nil {
+		defer restore()
 	}
 	for range n / 20 { // warm
 		if err := op.run(); err != nil {
@@ -147,6 +141,60 @@ type noTracer struct{}
 
 func (noTracer) Close() error                          { return nil }
 func (noTracer) stats() ([]tracer.ProgramStats, error) { return nil, nil }
+
+// settle lets a setup reach its steady state before it is timed: the
+// exporter's start (kernel BTF parsing, SDK setup) leaves garbage whose
+// collection would otherwise run, on a sibling CPU, during the first
+// measurements.
+func settle() {
+	runtime.GC()
+	time.Sleep(100 * time.Millisecond)
+}
+
+// isolate pins the calling thread to the last CPU it may run on and every
+// other thread of the process to the rest, and returns what undoes it. With
+// one CPU it pins nothing.
+func isolate() (restore func(), err error) {
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		return nil, err
+	}
+	if all.Count() < 2 {
+		return func() {}, nil
+	}
+	last := 0
+	for cpu := range 1024 {
+		if all.IsSet(cpu) {
+			last = cpu
+		}
+	}
+	var mine, rest unix.CPUSet
+	mine.Set(last)
+	rest = all
+	rest.Clear(last)
+	self := unix.Gettid()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, err
+	}
+	var others []int
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(t.Name()); err == nil && tid != self {
+			if unix.SchedSetaffinity(tid, &rest) == nil {
+				others = append(others, tid)
+			}
+		}
+	}
+	if err := unix.SchedSetaffinity(0, &mine); err != nil {
+		return nil, err
+	}
+	return func() {
+		unix.SchedSetaffinity(0, &all)
+		for _, tid := range others {
+			unix.SchedSetaffinity(tid, &all)
+		}
+	}, nil
+}
 
 // attach brings the node into setup s in attach mode mode.
 func attach(s Setup, mode tracer.AttachMode) (attached, error) {
@@ -353,6 +401,7 @@ func Syscalls(mode tracer.AttachMode, rounds int, progress io.Writer) ([]Result,
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", s, err)
 			}
+			settle()
 			for i, op := range ops {
 				ns, err := measure(op, Iterations[op.Name])
 				if err != nil {
@@ -413,6 +462,7 @@ func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s, err)
 		}
+		settle()
 		for _, op := range ops {
 			n := Iterations[op.Name]
 			before, err := c.stats()
