@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -1100,7 +1101,15 @@ func familyHasLabel(f *dto.MetricFamily, label string) bool {
 func TestMetricNamesServed(t *testing.T) {
 	kerneltest.Require(t)
 	bin := exporterBinary(t)
-	srv := startExporter(t, nil, bin, "--chain-window=100ms")
+	// OTLP push to a closed port, so that its self metrics are served too.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	srv := startExporter(t, []string{"OTEL_TRACES_EXPORTER=otlp", "OTEL_METRICS_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + closed, "OTEL_METRIC_EXPORT_INTERVAL=500", "OTEL_BSP_SCHEDULE_DELAY=100"}, bin, "--chain-window=100ms")
 	comm := testComm("m")
 	loadgen(t, bin, "--imitate", "cilium-ebpf", "--program", "long", "--insns", "1500", "--log-level", "2", "--comm", comm)
 	loadgen(t, bin, "--program", "long", "--log-level", "2", "--log-size", "256", "--comm", comm)
