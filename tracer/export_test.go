@@ -7,3 +7,16 @@ func (t *Tracer) LoadsInFlight() (uint64, error) {
 	err := t.hooks.loadsInFlight.Get(&n)
 	return n, err
 }
+
+// CountsLoadsBegunBeforeAttach reports whether a load already running when
+// the tracer attached is counted when it ends: in tracepoint mode while the
+// attach grace lasts. fexit and kretprobe never fire for a call that was
+// entered before they were attached (the return hook is set up at entry).
+func (t *Tracer) CountsLoadsBegunBeforeAttach() (bool, error) {
+	if t.hooks.attachGrace == nil {
+		return false, nil
+	}
+	var v uint32
+	err := t.hooks.attachGrace.Get(&v)
+	return v != 0, err
+}

@@ -7,12 +7,14 @@ package tracer_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -23,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/verifierlog/exporter/internal/kerneltest"
 	"github.com/verifierlog/exporter/internal/loadgen"
 	"github.com/verifierlog/exporter/tracer"
 )
@@ -320,5 +323,87 @@ func TestThousandsOfThreadsKilledMidLoadLeaveNothingBehind(t *testing.T) {
 	// have counted the kretprobe it missed.
 	if missed := after[tracer.LostKretprobeMissed] - before[tracer.LostKretprobeMissed]; err != nil || inFlight > missed {
 		t.Errorf("loads in flight after the child died: %d, kretprobes missed: %d (%v)", inFlight, missed, err)
+	}
+}
+
+// TestLoadBegunBeforeAttachIsCountedNotRecorded holds a load inside the
+// kernel (userfaultfd) while a new tracer attaches, then lets it finish:
+// that tracer has no record of it; in tracepoint mode it counts it as
+// inflight_missing while its attach grace lasts. fentry and kprobe mode
+// never see it: fexit and kretprobe do not fire for a call entered before
+// they were attached.
+func TestLoadBegunBeforeAttachIsCountedNotRecorded(t *testing.T) {
+	kerneltest.Require(t)
+	for _, grace := range []time.Duration{0, time.Nanosecond} {
+		held, err := loadgen.HoldLoad(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_held"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := tracer.New(tracer.Options{Attach: testAttachMode(t), AttachGrace: grace})
+		if err != nil {
+			held.Release()
+			t.Fatal(err)
+		}
+		counting, err := tr.CountsLoadsBegunBeforeAttach()
+		for deadline := time.Now().Add(10 * time.Second); err == nil && grace > 0 && counting && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			counting, err = tr.CountsLoadsBegunBeforeAttach()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wantCounting := tr.Mode() == tracer.AttachTracepoint && grace == 0; counting != wantCounting {
+			t.Fatalf("%s mode, grace %v: counting loads begun before attach %v, want %v", tr.Mode(), grace, counting, wantCounting)
+		}
+		var mu sync.Mutex
+		var events []tracer.LoadEvent
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- tr.Run(ctx, func(ev *tracer.LoadEvent) {
+				mu.Lock()
+				events = append(events, *ev)
+				mu.Unlock()
+			})
+		}()
+		r, err := held.Release()
+		if err != nil || !r.OK() {
+			t.Fatalf("held load: %v %v", r.Errno, err)
+		}
+		marker, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_marker"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(recordTimeout); ; time.Sleep(10 * time.Millisecond) {
+			mu.Lock()
+			seen := slices.ContainsFunc(events, func(ev tracer.LoadEvent) bool { return matches(&ev, marker) })
+			mu.Unlock()
+			if seen {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no record of the marker load")
+			}
+		}
+		lost, err := tr.Lost()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		for _, ev := range events {
+			if matches(&ev, r) {
+				t.Errorf("grace %v: a record of the load that began before attach: %+v", grace, ev)
+			}
+		}
+		mu.Unlock()
+		want := uint64(0)
+		if counting {
+			want = 1
+		}
+		if lost[tracer.LostNoInflight] != want {
+			t.Errorf("grace %v (still counting: %v): inflight_missing %d, want %d", grace, counting, lost[tracer.LostNoInflight], want)
+		}
+		cancel()
+		<-done
+		tr.Close()
 	}
 }

@@ -16,7 +16,8 @@ const (
 	LostRingBufferFull LostReason = "ringbuf_full"
 	// LostNoInflight: a load ended with no in-flight entry: the entry could
 	// not be stored (LostInflightUpdate), or the load began before the
-	// tracer attached.
+	// tracer attached (tracepoint mode, within Options.AttachGrace; fentry
+	// and kprobe never see such a load end).
 	LostNoInflight LostReason = "inflight_missing"
 	// LostInflightUpdate: the enter hook could not get its thread's
 	// task-storage slot (out of memory, or task storage busy on that CPU).

@@ -114,6 +114,9 @@ type ProgLoad struct {
 	// Comm, if set, is the calling thread's name during the call: the
 	// exporter's loader label (to imitate libbpf, cilium, aya, ...).
 	Comm string
+	// InsnsAddr, if non-zero, is passed as the insns pointer instead of the
+	// program's own buffer (HoldLoad puts the program there).
+	InsnsAddr uintptr
 	// BeforeSyscall and AfterSyscall, if set, run on the calling thread
 	// right before and after each bpf(2) attempt, EAGAIN retries included
 	// (ground truth for loads killed mid-call).
@@ -222,6 +225,9 @@ func LoadProgram(p ProgLoad) (Result, error) {
 	ne.PutUint32(attr[0:], progType)
 	ne.PutUint32(attr[4:], uint32(len(insns)/asm.InstructionSize))
 	ne.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&insns[0]))))
+	if p.InsnsAddr != 0 {
+		ne.PutUint64(attr[8:], uint64(p.InsnsAddr))
+	}
 	ne.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&license[0]))))
 	ne.PutUint32(attr[24:], p.LogLevel)
 	ne.PutUint32(attr[28:], p.LogSize)

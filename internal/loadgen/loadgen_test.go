@@ -107,3 +107,20 @@ func TestImitatedLoadersRetryAsTheyShip(t *testing.T) {
 		t.Fatalf("libbpf: %d attempts", len(lib))
 	}
 }
+
+func TestHoldLoadWaitsInTheKernelUntilReleased(t *testing.T) {
+	kerneltest.Require(t)
+	h, err := HoldLoad(ProgLoad{Program: Valid, Name: "vlog_held"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case res := <-h.done:
+		t.Fatalf("the held load returned before its page was supplied: %+v", res)
+	default:
+	}
+	r, err := h.Release()
+	if err != nil || !r.OK() {
+		t.Fatalf("released load: %v %v", r.Errno, err)
+	}
+}
