@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -83,6 +84,10 @@ func HoldLoad(p ProgLoad) (*HeldLoad, error) {
 
 	p.InsnsAddr = addr
 	go func() {
+		// A thread of its own, which exits with this goroutine: per-thread
+		// state the held load leaves behind (a tracer's in-flight slot whose
+		// exit hook the kernel skipped) goes with it.
+		runtime.LockOSThread()
 		r, err := LoadProgram(p)
 		h.done <- heldResult{r, err}
 	}()
