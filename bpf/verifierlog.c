@@ -178,15 +178,15 @@ static __always_inline int is_load_cmd(__u32 cmd)
  * (fentry, kprobe); the tracepoint hook runs before the kernel copies it and
  * reads the caller's memory instead.
  */
-static __always_inline int record_enter(__u32 cmd, __u64 uattr, __u32 attr_size,
-					const void *kattr, __u32 flags)
+static __always_inline int record_enter(struct task_struct *task, __u32 cmd, __u64 uattr,
+					__u32 attr_size, const void *kattr, __u32 flags)
 {
 	struct inflight_slot *slot;
 	__u32 need = cmd == BPF_PROG_LOAD ? PROG_LOAD_ATTR_NEED : BTF_LOAD_ATTR_NEED;
 	__u64 n = attr_size < need ? attr_size : need;
 	long err;
 
-	slot = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	slot = bpf_task_storage_get(&inflight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!slot) {
 		count_lost(LOST_INFLIGHT_UPDATE);
 		return 0;
@@ -312,15 +312,14 @@ static __always_inline void measure_log(struct load_event *e)
 	e->in.flags |= c.flags;
 }
 
-static __always_inline int record_exit(__s64 ret)
+static __always_inline int record_exit(struct task_struct *task, __s64 ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
 	struct inflight_slot *slot;
 	struct load_event *e;
+	__u64 id, uid_gid;
 	__u32 off;
 
-	slot = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+	slot = bpf_task_storage_get(&inflight, task, 0, 0);
 	if (!slot || !slot->busy) {
 		if (!detaching)
 			count_lost(LOST_NO_INFLIGHT);
@@ -334,6 +333,9 @@ static __always_inline int record_exit(__s64 ret)
 		return 0;
 	}
 	__builtin_memcpy(&e->in, &slot->in, sizeof(e->in));
+
+	id = bpf_get_current_pid_tgid();
+	uid_gid = bpf_get_current_uid_gid();
 
 	e->end_ns = bpf_ktime_get_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id();
@@ -375,7 +377,8 @@ static __always_inline int record_exit(__s64 ret)
 static __always_inline int hooked_enter(__u32 cmd, const void *kattr, __u64 uattr,
 					__u64 uattr_is_kernel)
 {
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	__u32 attr_size = 0;
 	__u32 flags = 0;
 
@@ -384,7 +387,7 @@ static __always_inline int hooked_enter(__u32 cmd, const void *kattr, __u64 uatt
 		attr_size = PT_REGS_PARM3_CORE_SYSCALL(regs);
 	else
 		flags = FLAG_KERNEL_CALLER;
-	return record_enter(cmd, uattr, attr_size, kattr, flags);
+	return record_enter(task, cmd, uattr, attr_size, kattr, flags);
 }
 
 /* fentry mode. bpfptr_t uattr is a 16-byte struct: argument slots 1 and 2. */
@@ -404,7 +407,7 @@ static __always_inline int fexit_exit(__u64 *ctx)
 	__u64 ret = 0;
 
 	bpf_get_func_ret(ctx, &ret);
-	return record_exit((int)ret);
+	return record_exit(bpf_get_current_task_btf(), (int)ret);
 }
 
 SEC("fentry/bpf_prog_load")
@@ -442,7 +445,7 @@ int BPF_KPROBE(kprobe_prog_load, const void *kattr, __u64 uattr, __u64 is_kernel
 SEC("kretprobe/bpf_prog_load")
 int BPF_KRETPROBE(kretprobe_prog_load, int ret)
 {
-	return record_exit(ret);
+	return record_exit(bpf_get_current_task_btf(), ret);
 }
 
 SEC("kprobe/btf_new_fd")
@@ -454,7 +457,7 @@ int BPF_KPROBE(kprobe_btf_load, const void *kattr, __u64 uattr, __u64 is_kernel)
 SEC("kretprobe/btf_new_fd")
 int BPF_KRETPROBE(kretprobe_btf_load, int ret)
 {
-	return record_exit(ret);
+	return record_exit(bpf_get_current_task_btf(), ret);
 }
 
 /*
@@ -487,23 +490,25 @@ int tracepoint_enter_bpf(struct sys_enter_bpf_ctx *ctx)
 	/* bpf(2) takes int cmd and unsigned int size: the upper halves are noise. */
 	if (!is_load_cmd((__u32)ctx->cmd))
 		return 0;
-	return record_enter((__u32)ctx->cmd, ctx->uattr, (__u32)ctx->size, 0, 0);
+	return record_enter(bpf_get_current_task_btf(), (__u32)ctx->cmd, ctx->uattr, (__u32)ctx->size, 0, 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_bpf")
 int tracepoint_exit_bpf(struct sys_exit_bpf_ctx *ctx)
 {
+	struct task_struct *task;
 	struct pt_regs *regs;
 
 	/* No load in flight: this call is not one (or began before attach). */
 	if (!count_loads_begun_before_attach && *(volatile __u64 *)&loads_in_flight == 0)
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	task = bpf_get_current_task_btf();
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	/*
 	 * bpf_task_pt_regs returns a BTF pointer: read the register directly
 	 * (a CO-RE-relocated load, no helper call) on this hot path.
 	 */
 	if (!is_load_cmd((__u32)PT_REGS_PARM1_SYSCALL(regs)))
 		return 0;
-	return record_exit(ctx->ret);
+	return record_exit(task, ctx->ret);
 }
