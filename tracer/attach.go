@@ -65,25 +65,31 @@ type attached struct {
 	progs []*ebpf.Program
 	what  []string // hook of progs[i], e.g. "tracepoint/syscalls/sys_exit_bpf"
 	links []link.Link
-	// attachGrace is the programs' count_loads_begun_before_attach, in
-	// tracepoint mode.
-	attachGrace *ebpf.Variable
-	// loadsInFlight is the programs' loads_in_flight, for tests.
-	loadsInFlight *ebpf.Variable
-	// detaching tells the exit hooks that the enter hooks are going.
-	detaching *ebpf.Variable
+	controls
 	// notes say where the mode runs with less than it asked for.
 	notes []string
+}
+
+// controls are the programs' global variables Go reads or sets while they
+// run (bpf/verifierlog.c, .bss and .data.control), the same in every mode.
+type controls struct {
+	// AttachGrace is count_loads_begun_before_attach: read by the
+	// tracepoint exit hook only, cleared after Options.AttachGrace.
+	AttachGrace *ebpf.Variable `ebpf:"count_loads_begun_before_attach"`
+	// LoadsInFlight is read by tests.
+	LoadsInFlight *ebpf.Variable `ebpf:"loads_in_flight"`
+	// Detaching tells the exit hooks that the enter hooks are going.
+	Detaching *ebpf.Variable `ebpf:"detaching"`
 }
 
 // detach closes the links in reverse order (enter hooks before exit hooks,
 // so that loads in flight still reach an exit hook) and the programs.
 func (a *attached) detach() error {
 	var errs []error
-	if a.detaching != nil {
+	if a.Detaching != nil {
 		// Fails only where maps cannot be memory-mapped (before 5.5): the
 		// loads begun while detaching are then counted as inflight_missing.
-		_ = a.detaching.Set(uint32(1))
+		_ = a.Detaching.Set(uint32(1))
 	}
 	for i := len(a.links) - 1; i >= 0; i-- {
 		errs = append(errs, a.links[i].Close())
@@ -105,8 +111,8 @@ type hook struct {
 // attachHooks attaches hooks in order, exit hooks first: a load that began
 // before its enter hook was attached is then counted (no in-flight entry)
 // instead of leaving a stale entry.
-func attachHooks(mode AttachMode, hooks []hook) (*attached, error) {
-	a := &attached{}
+func attachHooks(mode AttachMode, hooks []hook, c controls) (*attached, error) {
+	a := &attached{controls: c}
 	for _, h := range hooks {
 		a.progs = append(a.progs, h.prog)
 		a.what = append(a.what, h.what)
@@ -126,12 +132,11 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 	switch mode {
 	case AttachFentry:
 		var p struct {
-			FexitProgLoad  *ebpf.Program  `ebpf:"fexit_prog_load"`
-			FentryProgLoad *ebpf.Program  `ebpf:"fentry_prog_load"`
-			FexitBTFLoad   *ebpf.Program  `ebpf:"fexit_btf_load"`
-			FentryBTFLoad  *ebpf.Program  `ebpf:"fentry_btf_load"`
-			LoadsInFlight  *ebpf.Variable `ebpf:"loads_in_flight"`
-			Detaching      *ebpf.Variable `ebpf:"detaching"`
+			FexitProgLoad  *ebpf.Program `ebpf:"fexit_prog_load"`
+			FentryProgLoad *ebpf.Program `ebpf:"fentry_prog_load"`
+			FexitBTFLoad   *ebpf.Program `ebpf:"fexit_btf_load"`
+			FentryBTFLoad  *ebpf.Program `ebpf:"fentry_btf_load"`
+			controls
 		}
 		if err := spec.LoadAndAssign(&p, opts); err != nil {
 			return nil, fmt.Errorf("fentry: load programs: %w", explainAttachError(mode, err))
@@ -139,25 +144,19 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		tracing := func(p *ebpf.Program) (link.Link, error) {
 			return link.AttachTracing(link.TracingOptions{Program: p})
 		}
-		a, err := attachHooks(mode, []hook{
+		return attachHooks(mode, []hook{
 			{p.FexitProgLoad, "fexit/" + progLoadFunc, tracing},
 			{p.FentryProgLoad, "fentry/" + progLoadFunc, tracing},
 			{p.FexitBTFLoad, "fexit/" + btfLoadFunc, tracing},
 			{p.FentryBTFLoad, "fentry/" + btfLoadFunc, tracing},
-		})
-		if err != nil {
-			return nil, err
-		}
-		a.loadsInFlight, a.detaching = p.LoadsInFlight, p.Detaching
-		return a, nil
+		}, p.controls)
 	case AttachKprobe:
 		var p struct {
-			KretprobeProgLoad *ebpf.Program  `ebpf:"kretprobe_prog_load"`
-			KprobeProgLoad    *ebpf.Program  `ebpf:"kprobe_prog_load"`
-			KretprobeBTFLoad  *ebpf.Program  `ebpf:"kretprobe_btf_load"`
-			KprobeBTFLoad     *ebpf.Program  `ebpf:"kprobe_btf_load"`
-			LoadsInFlight     *ebpf.Variable `ebpf:"loads_in_flight"`
-			Detaching         *ebpf.Variable `ebpf:"detaching"`
+			KretprobeProgLoad *ebpf.Program `ebpf:"kretprobe_prog_load"`
+			KprobeProgLoad    *ebpf.Program `ebpf:"kprobe_prog_load"`
+			KretprobeBTFLoad  *ebpf.Program `ebpf:"kretprobe_btf_load"`
+			KprobeBTFLoad     *ebpf.Program `ebpf:"kprobe_btf_load"`
+			controls
 		}
 		if err := spec.LoadAndAssign(&p, opts); err != nil {
 			return nil, fmt.Errorf("kprobe: load programs: %w", explainAttachError(mode, err))
@@ -186,22 +185,20 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 			{p.KprobeProgLoad, "kprobe/" + progLoadFunc, kprobe(progLoadFunc)},
 			{p.KretprobeBTFLoad, "kretprobe/" + btfLoadFunc, kretprobe(btfLoadFunc)},
 			{p.KprobeBTFLoad, "kprobe/" + btfLoadFunc, kprobe(btfLoadFunc)},
-		})
+		}, p.controls)
 		if err != nil {
 			return nil, err
 		}
-		a.loadsInFlight, a.detaching, a.notes = p.LoadsInFlight, p.Detaching, notes
+		a.notes = notes
 		return a, nil
 	case AttachTracepoint:
 		if err := ensureTracefs(); err != nil {
 			return nil, fmt.Errorf("tracepoint: %w", err)
 		}
 		var p struct {
-			Exit          *ebpf.Program  `ebpf:"tracepoint_exit_bpf"`
-			Enter         *ebpf.Program  `ebpf:"tracepoint_enter_bpf"`
-			AttachGrace   *ebpf.Variable `ebpf:"count_loads_begun_before_attach"`
-			LoadsInFlight *ebpf.Variable `ebpf:"loads_in_flight"`
-			Detaching     *ebpf.Variable `ebpf:"detaching"`
+			Exit  *ebpf.Program `ebpf:"tracepoint_exit_bpf"`
+			Enter *ebpf.Program `ebpf:"tracepoint_enter_bpf"`
+			controls
 		}
 		if err := spec.LoadAndAssign(&p, opts); err != nil {
 			return nil, fmt.Errorf("tracepoint: load programs: %w", err)
@@ -209,15 +206,10 @@ func loadAndAttach(mode AttachMode, spec *ebpf.CollectionSpec, opts *ebpf.Collec
 		tp := func(name string) func(*ebpf.Program) (link.Link, error) {
 			return func(p *ebpf.Program) (link.Link, error) { return link.Tracepoint("syscalls", name, p, nil) }
 		}
-		a, err := attachHooks(mode, []hook{
+		return attachHooks(mode, []hook{
 			{p.Exit, "tracepoint/syscalls/sys_exit_bpf", tp("sys_exit_bpf")},
 			{p.Enter, "tracepoint/syscalls/sys_enter_bpf", tp("sys_enter_bpf")},
-		})
-		if err != nil {
-			return nil, err
-		}
-		a.attachGrace, a.loadsInFlight, a.detaching = p.AttachGrace, p.LoadsInFlight, p.Detaching
-		return a, nil
+		}, p.controls)
 	}
 	return nil, fmt.Errorf("unknown attach mode %q", mode)
 }

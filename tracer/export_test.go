@@ -4,7 +4,7 @@ package tracer
 // and exit hooks.
 func (t *Tracer) LoadsInFlight() (uint64, error) {
 	var n uint64
-	err := t.hooks.loadsInFlight.Get(&n)
+	err := t.hooks.LoadsInFlight.Get(&n)
 	return n, err
 }
 
@@ -13,10 +13,10 @@ func (t *Tracer) LoadsInFlight() (uint64, error) {
 // attach grace lasts. fexit and kretprobe never fire for a call that was
 // entered before they were attached (the return hook is set up at entry).
 func (t *Tracer) CountsLoadsBegunBeforeAttach() (bool, error) {
-	if t.hooks.attachGrace == nil {
+	if t.mode != AttachTracepoint {
 		return false, nil
 	}
 	var v uint32
-	err := t.hooks.attachGrace.Get(&v)
+	err := t.hooks.AttachGrace.Get(&v)
 	return v != 0, err
 }

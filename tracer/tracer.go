@@ -123,7 +123,7 @@ func New(opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("no attach mode worked: %s", describeAttempts(t.attempts))
 	}
 	t.dec.mode = t.mode
-	if v := t.hooks.attachGrace; v != nil {
+	if v := t.hooks.AttachGrace; t.mode == AttachTracepoint && v != nil {
 		grace := opts.AttachGrace
 		if grace <= 0 {
 			grace = DefaultAttachGrace
@@ -282,11 +282,21 @@ func (t *Tracer) ProgramStats() ([]ProgramStats, error) {
 	}
 	out := make([]ProgramStats, 0, len(t.hooks.progs))
 	for i, p := range t.hooks.progs {
-		s, err := p.Stats()
+		s, err := ReadProgramStats(t.hooks.what[i], p)
 		if err != nil {
-			return nil, fmt.Errorf("stats of %s: %w", t.hooks.what[i], err)
+			return nil, err
 		}
-		out = append(out, ProgramStats{Hook: t.hooks.what[i], RunCount: s.RunCount, RunTime: s.Runtime, Misses: s.RecursionMisses})
+		out = append(out, s)
 	}
 	return out, nil
+}
+
+// ReadProgramStats reads the kernel's account of program p attached to
+// hook (shared with the benchmark's empty floor programs).
+func ReadProgramStats(hook string, p *ebpf.Program) (ProgramStats, error) {
+	s, err := p.Stats()
+	if err != nil {
+		return ProgramStats{}, fmt.Errorf("stats of %s: %w", hook, err)
+	}
+	return ProgramStats{Hook: hook, RunCount: s.RunCount, RunTime: s.Runtime, Misses: s.RecursionMisses}, nil
 }

@@ -116,7 +116,7 @@ func measure(op Op, n int) (float64, error) {
 	if restore, err := isolate(); err == nil {
 		defer restore()
 	}
-	for range n / 20 { // warm
+	for range warmCalls(n) {
 		if err := op.run(); err != nil {
 			return 0, fmt.Errorf("%s: %w", op.Name, err)
 		}
@@ -129,6 +129,9 @@ func measure(op Op, n int) (float64, error) {
 	}
 	return float64(time.Since(start).Nanoseconds()) / float64(n), nil
 }
+
+// warmCalls is how many untimed calls measure makes before it times n.
+func warmCalls(n int) int { return n / 20 }
 
 // attached is one setup in place on the node.
 type attached interface {
@@ -231,11 +234,11 @@ type floorSetup struct {
 func (f *floorSetup) stats() ([]tracer.ProgramStats, error) {
 	var out []tracer.ProgramStats
 	for i, p := range f.progs {
-		s, err := p.Stats()
+		s, err := tracer.ReadProgramStats("floor "+f.hooks[i], p)
 		if err != nil {
-			return nil, fmt.Errorf("stats of floor program on %s: %w", f.hooks[i], err)
+			return nil, err
 		}
-		out = append(out, tracer.ProgramStats{Hook: f.hooks[i], RunCount: s.RunCount, RunTime: s.Runtime})
+		out = append(out, s)
 	}
 	return out, nil
 }
@@ -478,7 +481,7 @@ func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
 				return nil, err
 			}
 			pt := ProgramTime{Op: op.Name, Setup: s}
-			calls := float64(n + n/20) // measure warms with n/20 calls
+			calls := float64(n + warmCalls(n))
 			for i := range after {
 				pt.Runs += float64(after[i].RunCount-before[i].RunCount) / calls
 				pt.Ns += float64(after[i].RunTime-before[i].RunTime) / calls
