@@ -191,46 +191,9 @@ Machine: %s. Attach mode: **%s**.
 ## Syscall cost (ns/op, median of %d rounds)
 
 `, st.Threads, st.Duration.Round(time.Second), bench.StormComm, rounds)
-	head := "| operation |"
-	sep := "| --- |"
-	for _, s := range setups {
-		head += " " + string(s) + " |"
-		sep += " ---: |"
-	}
-	for _, s := range setups[1:] {
-		head += " " + string(s) + " added |"
-		sep += " ---: |"
-	}
-	fmt.Fprintf(w, "%s ratio |\n%s ---: |\n", head, sep)
-	for _, r := range sys {
-		line := "| " + r.Op + " |"
-		for _, s := range setups {
-			line += fmt.Sprintf(" %.0f |", r.NsPerOp[s])
-		}
-		for _, s := range setups[1:] {
-			line += fmt.Sprintf(" %+.0f |", r.Added(s))
-		}
-		ratio := "- (*)"
-		if measurable(r) {
-			ratio = fmt.Sprintf("%.2f", r.Ratio())
-		}
-		fmt.Fprintf(w, "%s %s |\n", line, ratio)
-	}
-	fmt.Fprintf(w, "\nThe quietest round of each setup (its fastest; the machine's noise only ever adds):\n\n%s ratio |\n%s ---: |\n", head, sep)
-	for _, r := range sys {
-		line := "| " + r.Op + " |"
-		for _, s := range setups {
-			line += fmt.Sprintf(" %.0f |", r.Quietest[s])
-		}
-		for _, s := range setups[1:] {
-			line += fmt.Sprintf(" %+.0f |", r.Quietest[s]-r.Quietest[bench.NoTracer])
-		}
-		ratio := "- (*)"
-		if measurable(r) && r.Quietest[bench.Floor] > r.Quietest[bench.NoTracer] {
-			ratio = fmt.Sprintf("%.2f", r.QuietRatio())
-		}
-		fmt.Fprintf(w, "%s %s |\n", line, ratio)
-	}
+	costTable(w, setups, sys, func(r bench.Result) map[bench.Setup]float64 { return r.NsPerOp })
+	fmt.Fprintf(w, "\nThe quietest round of each setup (its fastest; the machine's noise only ever adds):\n\n")
+	costTable(w, setups, sys, func(r bench.Result) map[bench.Setup]float64 { return r.Quietest })
 	fmt.Fprintf(w, "\n(*) The floor's added cost is within the spread (interquartile range) of the no-tracer rounds, so no ratio to it means anything; the exporter's own cost on such a call is its time in programs, below.\n")
 	fmt.Fprintf(w, "\nPer-round figures (ns/op):\n\n")
 	for _, r := range sys {
@@ -270,6 +233,36 @@ Machine: %s. Attach mode: **%s**.
 | %d | %v | %d | %.0f | %d | %d | %.1f%% of a core | %.1f MiB | %.1f MiB |
 `, st.Threads, st.Duration.Round(time.Millisecond), st.Issued, st.LoadsPerSecond(), st.Seen, st.Lost,
 		100*st.ExporterCPU, float64(st.RSS)/(1<<20), float64(st.PeakRSS)/(1<<20))
+}
+
+// costTable writes one row per op of the figures of, the cost each setup
+// adds to no tracer, and the exporter's ratio to the floor.
+func costTable(w io.Writer, setups []bench.Setup, sys []bench.Result, of func(bench.Result) map[bench.Setup]float64) {
+	head, sep := "| operation |", "| --- |"
+	for _, s := range setups {
+		head += " " + string(s) + " |"
+		sep += " ---: |"
+	}
+	for _, s := range setups[1:] {
+		head += " " + string(s) + " added |"
+		sep += " ---: |"
+	}
+	fmt.Fprintf(w, "%s ratio |\n%s ---: |\n", head, sep)
+	for _, r := range sys {
+		figures := of(r)
+		line := "| " + r.Op + " |"
+		for _, s := range setups {
+			line += fmt.Sprintf(" %.0f |", figures[s])
+		}
+		for _, s := range setups[1:] {
+			line += fmt.Sprintf(" %+.0f |", figures[s]-figures[bench.NoTracer])
+		}
+		ratio := "- (*)"
+		if measurable(r) && figures[bench.Floor] > figures[bench.NoTracer] {
+			ratio = fmt.Sprintf("%.2f", bench.Ratio(figures))
+		}
+		fmt.Fprintf(w, "%s %s |\n", line, ratio)
+	}
 }
 
 // measurable says whether the floor's median added cost stands out of the

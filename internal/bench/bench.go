@@ -363,25 +363,17 @@ type Result struct {
 	Rounds map[Setup][]float64
 }
 
-// Added is what setup s adds to the op over no tracer.
+// Added is what setup s adds to the op over no tracer (medians).
 func (r Result) Added(s Setup) float64 { return r.NsPerOp[s] - r.NsPerOp[NoTracer] }
 
-// Ratio is the exporter's added cost over the floor's.
-func (r Result) Ratio() float64 {
-	floor := r.Added(Floor)
+// Ratio is the exporter's added cost over the floor's in figures (NsPerOp
+// or Quietest), 0 where the floor adds nothing.
+func Ratio(figures map[Setup]float64) float64 {
+	floor := figures[Floor] - figures[NoTracer]
 	if floor <= 0 {
 		return 0
 	}
-	return r.Added(Exporter) / floor
-}
-
-// QuietRatio is Ratio of the quietest rounds.
-func (r Result) QuietRatio() float64 {
-	floor := r.Quietest[Floor] - r.Quietest[NoTracer]
-	if floor <= 0 {
-		return 0
-	}
-	return (r.Quietest[Exporter] - r.Quietest[NoTracer]) / floor
+	return (figures[Exporter] - figures[NoTracer]) / floor
 }
 
 // Syscalls measures every op in every setup of mode for rounds rounds,
