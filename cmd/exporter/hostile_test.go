@@ -12,6 +12,13 @@ import (
 	"github.com/verifierlog/exporter/internal/loadgen"
 )
 
+// spansTo is the environment that pushes spans to col over gRPC, batched
+// every 100 ms, plus extra.
+func spansTo(col *backends.Collector, extra ...string) []string {
+	return append([]string{"OTEL_TRACES_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + col.GRPCEndpoint(), "OTEL_BSP_SCHEDULE_DELAY=100"}, extra...)
+}
+
 // TestHostileNamesAreSanitisedInLabelsAndSpans loads under a comm and a
 // prog name full of terminal escapes and invalid UTF-8 (no NUL in the
 // name): the loader label and the span attributes carry them with every
@@ -20,10 +27,7 @@ func TestHostileNamesAreSanitisedInLabelsAndSpans(t *testing.T) {
 	kerneltest.Require(t)
 	bin := buildExporter(t)
 	col := backends.StartCollector(t)
-	s := startServer(t, bin, []string{
-		"OTEL_TRACES_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_PROTOCOL=grpc", "OTEL_EXPORTER_OTLP_ENDPOINT=http://" + col.GRPCEndpoint(),
-		"OTEL_BSP_SCHEDULE_DELAY=100",
-	}, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	s := startServer(t, bin, spansTo(col), "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
 
 	const comm, wantComm = "\x1b[2Jx\xffy\x07", "\uFFFD[2Jx\uFFFDy\uFFFD"
 	var name [16]byte

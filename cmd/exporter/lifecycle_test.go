@@ -216,10 +216,7 @@ func TestSIGTERMDuringAStormDetachesAndFlushesEveryChain(t *testing.T) {
 	kerneltest.Require(t)
 	bin := buildExporter(t)
 	col := backends.StartCollector(t)
-	s := startServer(t, bin, []string{
-		"OTEL_TRACES_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_PROTOCOL=grpc", "OTEL_EXPORTER_OTLP_ENDPOINT=http://" + col.GRPCEndpoint(),
-		"OTEL_BSP_SCHEDULE_DELAY=100", "OTEL_BSP_MAX_QUEUE_SIZE=65536",
-	}, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	s := startServer(t, bin, spansTo(col, "OTEL_BSP_MAX_QUEUE_SIZE=65536"), "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
 	progs, err := kerneltest.ProgramIDs(s.cmd.Process.Pid)
 	if err != nil || len(progs) == 0 {
 		t.Fatalf("no programs held: %v", err)
