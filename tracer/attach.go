@@ -62,8 +62,10 @@ const (
 
 // attached holds one mode's programs and links, links in attach order.
 type attached struct {
+	mode  AttachMode
 	progs []*ebpf.Program
 	what  []string // hook of progs[i], e.g. "tracepoint/syscalls/sys_exit_bpf"
+	hooks []hook
 	links []link.Link
 	controls
 	// notes say where the mode runs with less than it asked for.
@@ -85,6 +87,16 @@ type controls struct {
 // detach closes the links in reverse order (enter hooks before exit hooks,
 // so that loads in flight still reach an exit hook) and the programs.
 func (a *attached) detach() error {
+	errs := []error{a.unlink()}
+	for _, p := range a.progs {
+		errs = append(errs, p.Close())
+	}
+	a.progs = nil
+	return errors.Join(errs...)
+}
+
+// unlink closes the links in reverse order and keeps the programs.
+func (a *attached) unlink() error {
 	var errs []error
 	if a.Detaching != nil {
 		// Fails only where maps cannot be memory-mapped (before 5.5): the
@@ -95,11 +107,25 @@ func (a *attached) detach() error {
 		errs = append(errs, a.links[i].Close())
 	}
 	a.links = nil
-	for _, p := range a.progs {
-		errs = append(errs, p.Close())
-	}
-	a.progs = nil
 	return errors.Join(errs...)
+}
+
+// link attaches the hooks in order, exit hooks first: a load that began
+// before its enter hook was attached is then counted (no in-flight entry)
+// instead of leaving a stale entry.
+func (a *attached) link() error {
+	if a.Detaching != nil {
+		_ = a.Detaching.Set(uint32(0))
+	}
+	for _, h := range a.hooks {
+		l, err := h.attach(h.prog)
+		if err != nil {
+			_ = a.unlink()
+			return fmt.Errorf("%s: attach %s: %w", a.mode, h.what, explainAttachError(a.mode, err))
+		}
+		a.links = append(a.links, l)
+	}
+	return nil
 }
 
 type hook struct {
@@ -108,22 +134,16 @@ type hook struct {
 	attach func(*ebpf.Program) (link.Link, error)
 }
 
-// attachHooks attaches hooks in order, exit hooks first: a load that began
-// before its enter hook was attached is then counted (no in-flight entry)
-// instead of leaving a stale entry.
+// attachHooks loads nothing: it attaches the loaded programs of hooks.
 func attachHooks(mode AttachMode, hooks []hook, c controls) (*attached, error) {
-	a := &attached{controls: c}
+	a := &attached{mode: mode, hooks: hooks, controls: c}
 	for _, h := range hooks {
 		a.progs = append(a.progs, h.prog)
 		a.what = append(a.what, h.what)
 	}
-	for _, h := range hooks {
-		l, err := h.attach(h.prog)
-		if err != nil {
-			_ = a.detach()
-			return nil, fmt.Errorf("%s: attach %s: %w", mode, h.what, explainAttachError(mode, err))
-		}
-		a.links = append(a.links, l)
+	if err := a.link(); err != nil {
+		_ = a.detach()
+		return nil, err
 	}
 	return a, nil
 }

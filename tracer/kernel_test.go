@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strconv"
 	"strings"
@@ -935,5 +936,40 @@ func TestInvalidProgNameIsRejectedAndSanitised(t *testing.T) {
 	}
 	if ev.ErrnoName() != "EINVAL" {
 		t.Errorf("errno %q", ev.ErrnoName())
+	}
+}
+
+// TestSuspendAndResume: a suspended tracer sees no load and counts none
+// lost; resumed, it sees the next load exactly once, as before.
+func TestSuspendAndResume(t *testing.T) {
+	kerneltest.Require(t)
+	h, err := startHarness(testAttachMode(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.stop()
+	before := h.await(t, loadProg(t, loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_susp_a"}))
+	lostBefore := h.lost(t)
+	if err := h.tr.Suspend(); err != nil {
+		t.Fatal(err)
+	}
+	unseen := loadProg(t, loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_susp_b"})
+	if err := h.tr.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	after := h.await(t, loadProg(t, loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_susp_c"}))
+	// The three loads come from this goroutine one after another, so the
+	// suspended one's record, had there been one, would be in before c's.
+	if got := h.recordsOf(unseen); len(got) != 0 {
+		t.Errorf("%d records of a load made while suspended, want none: %+v", len(got), got)
+	}
+	if before.ProgName.String() != "vlog_susp_a" || after.ProgName.String() != "vlog_susp_c" {
+		t.Errorf("records named %q and %q, want vlog_susp_a and vlog_susp_c", before.ProgName, after.ProgName)
+	}
+	if lost := h.lost(t); !maps.Equal(lost, lostBefore) {
+		t.Errorf("lost %v after suspend and resume, %v before", lost, lostBefore)
+	}
+	if n, err := h.tr.LoadsInFlight(); err != nil || n != 0 {
+		t.Errorf("%d loads in flight after the last load (err %v), want 0", n, err)
 	}
 }

@@ -217,6 +217,18 @@ func (t *Tracer) detach() error {
 	return t.detachErr
 }
 
+// Suspend detaches the hooks and keeps the programs, maps and ring buffer;
+// Resume attaches them again. Loads that run in between are not seen, and
+// loads in flight across either call may be counted lost. They exist for
+// internal/bench, which alternates the exporter with other setups of the
+// node every few milliseconds so that the machine's drift hits all alike;
+// a new Tracer would take a hundred times longer. Neither may be called
+// after Run has returned or Close.
+func (t *Tracer) Suspend() error { return t.hooks.unlink() }
+
+// Resume re-attaches what Suspend detached.
+func (t *Tracer) Resume() error { return t.hooks.link() }
+
 // Close detaches the hooks (if Run has not) and frees everything.
 func (t *Tracer) Close() error {
 	errs := []error{t.detach()}

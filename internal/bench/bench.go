@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"runtime"
 	"slices"
@@ -98,12 +99,16 @@ func Ops() (ops []Op, close func(), err error) {
 	return ops, func() { m.Close() }, nil
 }
 
-// Iterations per op and round: short rounds, many of them, so that the
-// medians rest on many samples taken close together in time.
+// Iterations per op in one slice: about 10 ms of calls. The setups take
+// turns slice by slice, so that the machine's drift, which on a shared VM
+// moves a syscall's cost by a third over hundreds of milliseconds, hits
+// each setup alike; attaching and detaching a tracepoint takes the kernel
+// about 40 ms each (RCU grace periods), which sets how close together the
+// slices can be.
 var Iterations = map[string]int{
-	"bpf(BPF_MAP_LOOKUP_ELEM)":             50_000,
-	"getpid()":                             100_000,
-	"bpf(BPF_PROG_LOAD), 2 insns, log off": 1_000,
+	"bpf(BPF_MAP_LOOKUP_ELEM)":             8_000,
+	"getpid()":                             40_000,
+	"bpf(BPF_PROG_LOAD), 2 insns, log off": 300,
 }
 
 // measure returns ns per call of op over n calls on one locked thread,
@@ -130,25 +135,31 @@ func measure(op Op, n int) (float64, error) {
 	return float64(time.Since(start).Nanoseconds()) / float64(n), nil
 }
 
-// warmCalls is how many untimed calls measure makes before it times n.
-func warmCalls(n int) int { return n / 20 }
+// warmCalls is how many untimed calls measure makes before it times n:
+// the first calls after an attach run on cold caches.
+func warmCalls(n int) int { return n / 10 }
 
-// attached is one setup in place on the node.
-type attached interface {
+// prepared is one setup of the node, loaded once and attached for each
+// slice: loading the exporter takes a hundred times longer than a slice.
+type prepared interface {
 	io.Closer
+	attach() error
+	detach() error
 	// stats are the run counts and times of the setup's programs.
 	stats() ([]tracer.ProgramStats, error)
 }
 
 type noTracer struct{}
 
+func (noTracer) attach() error                         { return nil }
+func (noTracer) detach() error                         { return nil }
 func (noTracer) Close() error                          { return nil }
 func (noTracer) stats() ([]tracer.ProgramStats, error) { return nil, nil }
 
-// settle lets a setup reach its steady state before it is timed: the
-// exporter's start (kernel BTF parsing, SDK setup) leaves garbage whose
+// settle lets the setups reach their steady state before they are timed:
+// the exporter's start (kernel BTF parsing, SDK setup) leaves garbage whose
 // collection would otherwise run, on a sibling CPU, during the first
-// measurements.
+// measurements, and its attach grace must pass.
 func settle() {
 	runtime.GC()
 	time.Sleep(100 * time.Millisecond)
@@ -199,19 +210,38 @@ func isolate() (restore func(), err error) {
 	}, nil
 }
 
-// attach brings the node into setup s in attach mode mode.
-func attach(s Setup, mode tracer.AttachMode) (attached, error) {
+// prepare loads setup s in attach mode mode, detached.
+func prepare(s Setup, mode tracer.AttachMode) (prepared, error) {
 	switch s {
 	case NoTracer:
 		return noTracer{}, nil
 	case Floor:
-		return attachFloor(mode, false)
+		return loadFloorSetup(mode, false)
 	case FloorExitOnly:
-		return attachFloor(mode, true)
+		return loadFloorSetup(mode, true)
 	case Exporter:
-		return attachExporter(mode)
+		return startExporter(mode)
 	}
 	return nil, fmt.Errorf("unknown setup %q", s)
+}
+
+// prepareAll prepares every setup of mode, closing them all on failure.
+func prepareAll(mode tracer.AttachMode) (map[Setup]prepared, func(), error) {
+	all := map[Setup]prepared{}
+	closeAll := func() {
+		for _, p := range all {
+			p.Close()
+		}
+	}
+	for _, s := range SetupsFor(mode) {
+		p, err := prepare(s, mode)
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("%s: %w", s, err)
+		}
+		all[s] = p
+	}
+	return all, closeAll, nil
 }
 
 type closers []io.Closer
@@ -224,11 +254,38 @@ func (c closers) Close() error {
 	return errors.Join(errs...)
 }
 
-// floorSetup is the empty programs and their links.
+// floorSetup is the empty programs and, while attached, their links.
 type floorSetup struct {
-	closers
-	progs []*ebpf.Program
-	hooks []string
+	progs   []*ebpf.Program
+	hooks   []string
+	attachs []func(*ebpf.Program) (link.Link, error)
+	links   closers
+}
+
+func (f *floorSetup) attach() error {
+	for i, p := range f.progs {
+		l, err := f.attachs[i](p)
+		if err != nil {
+			f.detach()
+			return fmt.Errorf("attach floor program on %s: %w", f.hooks[i], err)
+		}
+		f.links = append(f.links, l)
+	}
+	return nil
+}
+
+func (f *floorSetup) detach() error {
+	err := f.links.Close()
+	f.links = nil
+	return err
+}
+
+func (f *floorSetup) Close() error {
+	errs := []error{f.detach()}
+	for _, p := range f.progs {
+		errs = append(errs, p.Close())
+	}
+	return errors.Join(errs...)
 }
 
 func (f *floorSetup) stats() ([]tracer.ProgramStats, error) {
@@ -243,7 +300,7 @@ func (f *floorSetup) stats() ([]tracer.ProgramStats, error) {
 	return out, nil
 }
 
-func attachFloor(mode tracer.AttachMode, exitOnly bool) (*floorSetup, error) {
+func loadFloorSetup(mode tracer.AttachMode, exitOnly bool) (*floorSetup, error) {
 	if exitOnly && mode != tracer.AttachTracepoint {
 		return nil, fmt.Errorf("floor: one exit program only in tracepoint mode, not %q", mode)
 	}
@@ -291,29 +348,21 @@ func attachFloor(mode tracer.AttachMode, exitOnly bool) (*floorSetup, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &floorSetup{closers: closers{exit, enter}}
-	hooks := []struct {
-		p      *ebpf.Program
-		hook   string
-		attach func(*ebpf.Program) (link.Link, error)
-	}{{exit, exitHook, attachExit}, {enter, enterHook, attachEnter}}
-	if exitOnly {
-		hooks = hooks[:1]
+	f := &floorSetup{
+		progs:   []*ebpf.Program{exit, enter},
+		hooks:   []string{exitHook, enterHook},
+		attachs: []func(*ebpf.Program) (link.Link, error){attachExit, attachEnter},
 	}
-	for _, h := range hooks {
-		l, err := h.attach(h.p)
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("attach floor program on %s: %w", h.hook, err)
-		}
-		f.closers = append(f.closers, l)
-		f.progs, f.hooks = append(f.progs, h.p), append(f.hooks, h.hook)
+	if exitOnly {
+		enter.Close()
+		f.progs, f.hooks, f.attachs = f.progs[:1], f.hooks[:1], f.attachs[:1]
 	}
 	return f, nil
 }
 
 // exporterSetup is the tracer and the metrics pipeline, as `exporter`
-// serve runs them (Prometheus registry, no OTLP).
+// serve runs them (Prometheus registry, no OTLP), consuming every record
+// for the whole run; between its slices the tracer is suspended.
 type exporterSetup struct {
 	tr     *tracer.Tracer
 	tel    *otel.Telemetry
@@ -322,12 +371,18 @@ type exporterSetup struct {
 }
 
 func (e *exporterSetup) stats() ([]tracer.ProgramStats, error) { return e.tr.ProgramStats() }
+func (e *exporterSetup) attach() error                         { return e.tr.Resume() }
+func (e *exporterSetup) detach() error                         { return e.tr.Suspend() }
 
-func attachExporter(mode tracer.AttachMode) (*exporterSetup, error) {
+func startExporter(mode tracer.AttachMode) (*exporterSetup, error) {
 	// The steady state: a long-running exporter is past its attach grace,
 	// so the tracepoint exit hook takes its fast path for non-loads.
 	tr, err := tracer.New(tracer.Options{Attach: mode, AttachGrace: time.Nanosecond})
 	if err != nil {
+		return nil, err
+	}
+	if err := tr.Suspend(); err != nil {
+		tr.Close()
 		return nil, err
 	}
 	tel, err := otel.Setup(context.Background(), otel.ReadBuildInfo("bench"))
@@ -356,9 +411,10 @@ func (e *exporterSetup) Close() error {
 type Result struct {
 	Op      string
 	NsPerOp map[Setup]float64
-	// Quietest is each setup's fastest round: the least disturbed by the
-	// rest of the machine (other vCPUs, the hypervisor).
-	Quietest map[Setup]float64
+	// LowerQuartile is each setup's 25th percentile over rounds: the
+	// rounds least disturbed by the rest of the machine (other vCPUs, the
+	// hypervisor), without resting on one lucky round as a minimum would.
+	LowerQuartile map[Setup]float64
 	// Rounds are every round's figures, for the spread.
 	Rounds map[Setup][]float64
 }
@@ -367,7 +423,7 @@ type Result struct {
 func (r Result) Added(s Setup) float64 { return r.NsPerOp[s] - r.NsPerOp[NoTracer] }
 
 // Ratio is the exporter's added cost over the floor's in figures (NsPerOp
-// or Quietest), 0 where the floor adds nothing.
+// or LowerQuartile), 0 where the floor adds nothing.
 func Ratio(figures map[Setup]float64) float64 {
 	floor := figures[Floor] - figures[NoTracer]
 	if floor <= 0 {
@@ -376,48 +432,68 @@ func Ratio(figures map[Setup]float64) float64 {
 	return (figures[Exporter] - figures[NoTracer]) / floor
 }
 
-// Syscalls measures every op in every setup of mode for rounds rounds,
-// rotating the setups' order each round, and returns the medians.
+// Syscalls prepares every setup of mode once, then measures rounds
+// rounds: in each, every setup is attached in turn, in an order shuffled
+// each round, for one slice of every op's calls. It returns the medians.
 func Syscalls(mode tracer.AttachMode, rounds int, progress io.Writer) ([]Result, error) {
 	ops, closeOps, err := Ops()
 	if err != nil {
 		return nil, err
 	}
 	defer closeOps()
+	all, closeAll, err := prepareAll(mode)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll()
+	settle()
 	setups := SetupsFor(mode)
 	results := make([]Result, len(ops))
 	for i, op := range ops {
-		results[i] = Result{Op: op.Name, NsPerOp: map[Setup]float64{}, Quietest: map[Setup]float64{}, Rounds: map[Setup][]float64{}}
+		results[i] = Result{Op: op.Name, NsPerOp: map[Setup]float64{}, LowerQuartile: map[Setup]float64{}, Rounds: map[Setup][]float64{}}
 	}
+	// A fresh order each round: with a rotation, each setup would always
+	// follow the same one, and what one setup leaves behind (cold caches, a
+	// kernel's deferred work) would always land on the same next one.
+	order := rand.New(rand.NewPCG(1, 2))
 	for round := range rounds {
-		for k := range setups {
-			s := setups[(k+round)%len(setups)]
-			c, err := attach(s, mode)
+		for _, k := range order.Perm(len(setups)) {
+			s := setups[k]
+			ns, err := slice(all[s], ops)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", s, err)
 			}
-			settle()
-			for i, op := range ops {
-				ns, err := measure(op, Iterations[op.Name])
-				if err != nil {
-					c.Close()
-					return nil, err
-				}
-				results[i].Rounds[s] = append(results[i].Rounds[s], ns)
-			}
-			if err := c.Close(); err != nil {
-				return nil, fmt.Errorf("detach %s: %w", s, err)
+			for i := range ops {
+				results[i].Rounds[s] = append(results[i].Rounds[s], ns[i])
 			}
 		}
-		fmt.Fprintf(progress, "round %d/%d done\n", round+1, rounds)
+		if (round+1)%20 == 0 || round+1 == rounds {
+			fmt.Fprintf(progress, "round %d/%d done\n", round+1, rounds)
+		}
 	}
 	for i := range results {
 		for s, v := range results[i].Rounds {
 			results[i].NsPerOp[s] = median(v)
-			results[i].Quietest[s] = slices.Min(v)
+			results[i].LowerQuartile[s] = Quantile(v, 0.25)
 		}
 	}
 	return results, nil
+}
+
+// slice attaches p, times one slice of each op, and detaches p.
+func slice(p prepared, ops []Op) ([]float64, error) {
+	if err := p.attach(); err != nil {
+		return nil, err
+	}
+	ns := make([]float64, len(ops))
+	for i, op := range ops {
+		var err error
+		if ns[i], err = measure(op, Iterations[op.Name]); err != nil {
+			p.detach()
+			return nil, err
+		}
+	}
+	return ns, p.detach()
 }
 
 // ProgramTime is the time the kernel spent in one setup's BPF programs per
@@ -448,18 +524,25 @@ func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
 		return nil, err
 	}
 	defer closeOps()
+	all, closeAll, err := prepareAll(mode)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll()
+	settle()
 	var out []ProgramTime
 	for _, s := range SetupsFor(mode) {
 		if s == NoTracer {
 			continue
 		}
-		c, err := attach(s, mode)
-		if err != nil {
+		c := all[s]
+		if err := c.attach(); err != nil {
 			return nil, fmt.Errorf("%s: %w", s, err)
 		}
-		settle()
 		for _, op := range ops {
-			n := Iterations[op.Name]
+			// Ten slices' worth of calls: these figures do not drift, the
+			// run only has to average the programs' paths.
+			n := 10 * Iterations[op.Name]
 			before, err := c.stats()
 			if err == nil {
 				_, err = measure(op, n)
@@ -469,7 +552,7 @@ func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
 				after, err = c.stats()
 			}
 			if err != nil {
-				c.Close()
+				c.detach()
 				return nil, err
 			}
 			pt := ProgramTime{Op: op.Name, Setup: s}
@@ -480,21 +563,26 @@ func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
 			}
 			out = append(out, pt)
 		}
-		if err := c.Close(); err != nil {
+		if err := c.detach(); err != nil {
 			return nil, fmt.Errorf("detach %s: %w", s, err)
 		}
 	}
 	return out, nil
 }
 
-func median(v []float64) float64 {
+// Quantile is the q-quantile of v (0 <= q <= 1), linearly interpolated.
+func Quantile(v []float64, q float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
 	if len(s) == 0 {
 		return 0
 	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
+	pos := q * float64(len(s)-1)
+	i := int(pos)
+	if i+1 >= len(s) {
+		return s[len(s)-1]
 	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	return s[i] + (pos-float64(i))*(s[i+1]-s[i])
 }
+
+func median(v []float64) float64 { return Quantile(v, 0.5) }
