@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -407,23 +408,29 @@ func (e *exporterSetup) Close() error {
 	return errors.Join(err, e.tel.Shutdown(context.Background()), e.tr.Close())
 }
 
-// Result is the median ns/op of each setup for one op.
+// Result is one op's figures over every round of every loading.
 type Result struct {
-	Op      string
+	Op string
+	// NsPerOp is each setup's median over all rounds.
 	NsPerOp map[Setup]float64
-	// LowerQuartile is each setup's 25th percentile over rounds: the
-	// rounds least disturbed by the rest of the machine (other vCPUs, the
-	// hypervisor), without resting on one lucky round as a minimum would.
-	LowerQuartile map[Setup]float64
 	// Rounds are every round's figures, for the spread.
 	Rounds map[Setup][]float64
+	// ExporterOverFloor is, for each loading of the setups, the median over
+	// its rounds of the exporter's figure minus the floor's in the same
+	// round. Where a program's code and data land in kernel memory is
+	// fixed for a loading and moves the cost of a call by tens of ns, so
+	// the spread of these says how far the ratio can be trusted.
+	ExporterOverFloor []float64
+	// FloorOverNoTracer is the median over all rounds of the floor's figure
+	// minus no tracer's in the same round.
+	FloorOverNoTracer float64
 }
 
 // Added is what setup s adds to the op over no tracer (medians).
 func (r Result) Added(s Setup) float64 { return r.NsPerOp[s] - r.NsPerOp[NoTracer] }
 
-// Ratio is the exporter's added cost over the floor's in figures (NsPerOp
-// or LowerQuartile), 0 where the floor adds nothing.
+// Ratio is the exporter's added cost over the floor's in figures (such as
+// NsPerOp), 0 where the floor adds nothing.
 func Ratio(figures map[Setup]float64) float64 {
 	floor := figures[Floor] - figures[NoTracer]
 	if floor <= 0 {
@@ -432,52 +439,102 @@ func Ratio(figures map[Setup]float64) float64 {
 	return (figures[Exporter] - figures[NoTracer]) / floor
 }
 
-// Syscalls prepares every setup of mode once, then measures rounds
-// rounds: in each, every setup is attached in turn, in an order shuffled
-// each round, for one slice of every op's calls. It returns the medians.
-func Syscalls(mode tracer.AttachMode, rounds int, progress io.Writer) ([]Result, error) {
+// PairedRatio is the exporter's added cost over the floor's from the
+// paired differences: 1 + mean(ExporterOverFloor) / FloorOverNoTracer,
+// with a 95% confidence interval over the loadings (normal approximation;
+// lo == hi == ratio with fewer than two). ok is false where the floor adds
+// nothing.
+func (r Result) PairedRatio() (ratio, lo, hi float64, ok bool) {
+	if r.FloorOverNoTracer <= 0 || len(r.ExporterOverFloor) == 0 {
+		return 0, 0, 0, false
+	}
+	n := float64(len(r.ExporterOverFloor))
+	var sum, sq float64
+	for _, d := range r.ExporterOverFloor {
+		sum += d
+	}
+	mean := sum / n
+	for _, d := range r.ExporterOverFloor {
+		sq += (d - mean) * (d - mean)
+	}
+	half := 0.0
+	if n > 1 {
+		half = 1.96 * math.Sqrt(sq/(n-1)) / math.Sqrt(n)
+	}
+	ratio = 1 + mean/r.FloorOverNoTracer
+	return ratio, ratio - half/r.FloorOverNoTracer, ratio + half/r.FloorOverNoTracer, true
+}
+
+// Syscalls loads every setup of mode loads times; each time it measures
+// rounds rounds, in each of which every setup is attached in turn, in an
+// order shuffled each round, for one slice of every op's calls.
+func Syscalls(mode tracer.AttachMode, loads, rounds int, progress io.Writer) ([]Result, error) {
 	ops, closeOps, err := Ops()
 	if err != nil {
 		return nil, err
 	}
 	defer closeOps()
-	all, closeAll, err := prepareAll(mode)
-	if err != nil {
-		return nil, err
-	}
-	defer closeAll()
-	settle()
 	setups := SetupsFor(mode)
 	results := make([]Result, len(ops))
 	for i, op := range ops {
-		results[i] = Result{Op: op.Name, NsPerOp: map[Setup]float64{}, LowerQuartile: map[Setup]float64{}, Rounds: map[Setup][]float64{}}
+		results[i] = Result{Op: op.Name, NsPerOp: map[Setup]float64{}, Rounds: map[Setup][]float64{}}
 	}
 	// A fresh order each round: with a rotation, each setup would always
 	// follow the same one, and what one setup leaves behind (cold caches, a
 	// kernel's deferred work) would always land on the same next one.
 	order := rand.New(rand.NewPCG(1, 2))
-	for round := range rounds {
-		for _, k := range order.Perm(len(setups)) {
-			s := setups[k]
-			ns, err := slice(all[s], ops)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", s, err)
-			}
-			for i := range ops {
-				results[i].Rounds[s] = append(results[i].Rounds[s], ns[i])
-			}
+	for load := range loads {
+		first := len(results[0].Rounds[NoTracer])
+		if err := loadAndMeasure(mode, rounds, ops, setups, order, results); err != nil {
+			return nil, err
 		}
-		if (round+1)%20 == 0 || round+1 == rounds {
-			fmt.Fprintf(progress, "round %d/%d done\n", round+1, rounds)
+		for i := range results {
+			exp, floor := results[i].Rounds[Exporter][first:], results[i].Rounds[Floor][first:]
+			results[i].ExporterOverFloor = append(results[i].ExporterOverFloor, median(differences(exp, floor)))
+		}
+		if progress != nil {
+			fmt.Fprintf(progress, "loading %d/%d: %d rounds done\n", load+1, loads, rounds)
 		}
 	}
 	for i := range results {
 		for s, v := range results[i].Rounds {
 			results[i].NsPerOp[s] = median(v)
-			results[i].LowerQuartile[s] = Quantile(v, 0.25)
 		}
+		results[i].FloorOverNoTracer = median(differences(results[i].Rounds[Floor], results[i].Rounds[NoTracer]))
 	}
 	return results, nil
+}
+
+// loadAndMeasure prepares the setups, appends rounds rounds of slices to
+// results, and closes the setups.
+func loadAndMeasure(mode tracer.AttachMode, rounds int, ops []Op, setups []Setup, order *rand.Rand, results []Result) error {
+	all, closeAll, err := prepareAll(mode)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	settle()
+	for range rounds {
+		for _, k := range order.Perm(len(setups)) {
+			s := setups[k]
+			ns, err := slice(all[s], ops)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s, err)
+			}
+			for i := range ops {
+				results[i].Rounds[s] = append(results[i].Rounds[s], ns[i])
+			}
+		}
+	}
+	return nil
+}
+
+func differences(a, b []float64) []float64 {
+	d := make([]float64, len(a))
+	for i := range a {
+		d[i] = a[i] - b[i]
+	}
+	return d
 }
 
 // slice attaches p, times one slice of each op, and detaches p.
@@ -511,9 +568,10 @@ type ProgramTime struct {
 
 // ProgramTimes enables the kernel's BPF run-time statistics and measures,
 // for every setup with programs, the program runs and time per call of each
-// op. Unlike ns/op, these figures do not move with the machine's noise:
-// they say exactly what the exporter's programs cost over empty ones.
-func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
+// op: the median over loads loadings of the setups. Unlike ns/op, these
+// figures barely move with the machine's noise: they say what the
+// exporter's programs cost over empty ones.
+func ProgramTimes(mode tracer.AttachMode, loads int) ([]ProgramTime, error) {
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		return nil, fmt.Errorf("enable BPF stats: %w", err)
@@ -524,25 +582,49 @@ func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
 		return nil, err
 	}
 	defer closeOps()
+	type key struct {
+		op    string
+		setup Setup
+	}
+	runs, ns := map[key][]float64{}, map[key][]float64{}
+	for range loads {
+		if err := loadAndTimePrograms(mode, ops, func(pt ProgramTime) {
+			k := key{pt.Op, pt.Setup}
+			runs[k], ns[k] = append(runs[k], pt.Runs), append(ns[k], pt.Ns)
+		}); err != nil {
+			return nil, err
+		}
+	}
+	var out []ProgramTime
+	for _, s := range SetupsFor(mode) {
+		for _, op := range ops {
+			if k := (key{op.Name, s}); len(ns[k]) > 0 {
+				out = append(out, ProgramTime{Op: op.Name, Setup: s, Runs: median(runs[k]), Ns: median(ns[k])})
+			}
+		}
+	}
+	return out, nil
+}
+
+// loadAndTimePrograms prepares the setups and hands each setup's program
+// time for each op to add.
+func loadAndTimePrograms(mode tracer.AttachMode, ops []Op, add func(ProgramTime)) error {
 	all, closeAll, err := prepareAll(mode)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer closeAll()
 	settle()
-	var out []ProgramTime
 	for _, s := range SetupsFor(mode) {
 		if s == NoTracer {
 			continue
 		}
 		c := all[s]
 		if err := c.attach(); err != nil {
-			return nil, fmt.Errorf("%s: %w", s, err)
+			return fmt.Errorf("%s: %w", s, err)
 		}
 		for _, op := range ops {
-			// Ten slices' worth of calls: these figures do not drift, the
-			// run only has to average the programs' paths.
-			n := 10 * Iterations[op.Name]
+			n := 5 * Iterations[op.Name]
 			before, err := c.stats()
 			if err == nil {
 				_, err = measure(op, n)
@@ -553,7 +635,7 @@ func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
 			}
 			if err != nil {
 				c.detach()
-				return nil, err
+				return err
 			}
 			pt := ProgramTime{Op: op.Name, Setup: s}
 			calls := float64(n + warmCalls(n))
@@ -561,13 +643,13 @@ func ProgramTimes(mode tracer.AttachMode) ([]ProgramTime, error) {
 				pt.Runs += float64(after[i].RunCount-before[i].RunCount) / calls
 				pt.Ns += float64(after[i].RunTime-before[i].RunTime) / calls
 			}
-			out = append(out, pt)
+			add(pt)
 		}
 		if err := c.detach(); err != nil {
-			return nil, fmt.Errorf("detach %s: %w", s, err)
+			return fmt.Errorf("detach %s: %w", s, err)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Quantile is the q-quantile of v (0 <= q <= 1), linearly interpolated.
