@@ -63,9 +63,7 @@ const (
 // attached holds one mode's programs and links, links in attach order.
 type attached struct {
 	mode  AttachMode
-	progs []*ebpf.Program
-	what  []string // hook of progs[i], e.g. "tracepoint/syscalls/sys_exit_bpf"
-	hooks []hook
+	hooks []hook // nil once detached
 	links []link.Link
 	controls
 	// notes say where the mode runs with less than it asked for.
@@ -88,10 +86,10 @@ type controls struct {
 // so that loads in flight still reach an exit hook) and the programs.
 func (a *attached) detach() error {
 	errs := []error{a.unlink()}
-	for _, p := range a.progs {
-		errs = append(errs, p.Close())
+	for _, h := range a.hooks {
+		errs = append(errs, h.prog.Close())
 	}
-	a.progs = nil
+	a.hooks = nil
 	return errors.Join(errs...)
 }
 
@@ -114,6 +112,9 @@ func (a *attached) unlink() error {
 // before its enter hook was attached is then counted (no in-flight entry)
 // instead of leaving a stale entry.
 func (a *attached) link() error {
+	if a.hooks == nil {
+		return errors.New("tracer: hooks already detached and their programs closed")
+	}
 	if a.Detaching != nil {
 		_ = a.Detaching.Set(uint32(0))
 	}
@@ -130,17 +131,13 @@ func (a *attached) link() error {
 
 type hook struct {
 	prog   *ebpf.Program
-	what   string
+	what   string // e.g. "tracepoint/syscalls/sys_exit_bpf"
 	attach func(*ebpf.Program) (link.Link, error)
 }
 
 // attachHooks loads nothing: it attaches the loaded programs of hooks.
 func attachHooks(mode AttachMode, hooks []hook, c controls) (*attached, error) {
 	a := &attached{mode: mode, hooks: hooks, controls: c}
-	for _, h := range hooks {
-		a.progs = append(a.progs, h.prog)
-		a.what = append(a.what, h.what)
-	}
 	if err := a.link(); err != nil {
 		_ = a.detach()
 		return nil, err

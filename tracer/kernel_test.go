@@ -940,14 +940,16 @@ func TestInvalidProgNameIsRejectedAndSanitised(t *testing.T) {
 }
 
 // TestSuspendAndResume: a suspended tracer sees no load and counts none
-// lost; resumed, it sees the next load exactly once, as before.
+// lost; resumed, it sees the next load exactly once, as before; stopped, it
+// cannot be resumed.
 func TestSuspendAndResume(t *testing.T) {
 	kerneltest.Require(t)
 	h, err := startHarness(testAttachMode(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.stop()
+	stop := sync.OnceFunc(h.stop)
+	defer stop()
 	before := h.await(t, loadProg(t, loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_susp_a"}))
 	lostBefore := h.lost(t)
 	if err := h.tr.Suspend(); err != nil {
@@ -971,5 +973,9 @@ func TestSuspendAndResume(t *testing.T) {
 	}
 	if n, err := h.tr.LoadsInFlight(); err != nil || n != 0 {
 		t.Errorf("%d loads in flight after the last load (err %v), want 0", n, err)
+	}
+	stop()
+	if err := h.tr.Resume(); err == nil {
+		t.Error("Resume after Run returned and Close: no error")
 	}
 }

@@ -221,12 +221,12 @@ func (t *Tracer) detach() error {
 // Resume attaches them again. Loads that run in between are not seen, and
 // loads in flight across either call may be counted lost. They exist for
 // internal/bench, which alternates the exporter with other setups of the
-// node every few milliseconds so that the machine's drift hits all alike;
-// a new Tracer would take a hundred times longer. Neither may be called
-// after Run has returned or Close.
+// node slice by slice, tens of milliseconds apart, so that the machine's
+// drift hits all alike; loading a new Tracer takes longer than a slice.
 func (t *Tracer) Suspend() error { return t.hooks.unlink() }
 
-// Resume re-attaches what Suspend detached.
+// Resume re-attaches what Suspend detached; after Run has returned or
+// Close, it fails: the programs are closed.
 func (t *Tracer) Resume() error { return t.hooks.link() }
 
 // Close detaches the hooks (if Run has not) and frees everything.
@@ -292,9 +292,9 @@ func (t *Tracer) ProgramStats() ([]ProgramStats, error) {
 	if t.hooks == nil {
 		return nil, errors.New("tracer not attached")
 	}
-	out := make([]ProgramStats, 0, len(t.hooks.progs))
-	for i, p := range t.hooks.progs {
-		s, err := ReadProgramStats(t.hooks.what[i], p)
+	out := make([]ProgramStats, 0, len(t.hooks.hooks))
+	for _, h := range t.hooks.hooks {
+		s, err := ReadProgramStats(h.what, h.prog)
 		if err != nil {
 			return nil, err
 		}
