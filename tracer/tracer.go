@@ -221,8 +221,8 @@ func (t *Tracer) detach() error {
 // Resume attaches them again. Loads that run in between are not seen, and
 // loads in flight across either call may be counted lost. They exist for
 // internal/bench, which alternates the exporter with other setups of the
-// node slice by slice, tens of milliseconds apart, so that the machine's
-// drift hits all alike; loading a new Tracer takes longer than a slice.
+// node slice by slice, so that the machine's drift hits all alike, while
+// its programs stay where they landed in kernel memory.
 func (t *Tracer) Suspend() error { return t.hooks.unlink() }
 
 // Resume re-attaches what Suspend detached; after Run has returned or

@@ -51,7 +51,7 @@ func run(out string, loads, rounds int, stormFor time.Duration, attach string) e
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "bench: attach mode %s; %d loadings of %d rounds\n", mode, loads, rounds)
-	sys, err := bench.Syscalls(mode, loads, rounds, os.Stderr)
+	sys, switching, err := bench.Syscalls(mode, loads, rounds, os.Stderr)
 	if err != nil {
 		return err
 	}
@@ -89,7 +89,7 @@ func run(out string, loads, rounds int, stormFor time.Duration, attach string) e
 		defer f.Close()
 		w = f
 	}
-	report(w, mode, loads, rounds, sys, progTimes, pipeline, st)
+	report(w, mode, loads, rounds, sys, switching, progTimes, pipeline, st)
 	return nil
 }
 
@@ -139,7 +139,7 @@ func machine() string {
 	return fmt.Sprintf("Linux %s, %s, %d CPUs, %s", unix.ByteSliceToString(u.Release[:]), cpu, runtime.NumCPU(), runtime.Version())
 }
 
-func report(w io.Writer, mode tracer.AttachMode, loads, rounds int, sys []bench.Result, progTimes []bench.ProgramTime, pipeline []string, st bench.StormResult) {
+func report(w io.Writer, mode tracer.AttachMode, loads, rounds int, sys []bench.Result, switching time.Duration, progTimes []bench.ProgramTime, pipeline []string, st bench.StormResult) {
 	setups := bench.SetupsFor(mode)
 	fmt.Fprintf(w, `# Benchmarks
 
@@ -170,8 +170,8 @@ Machine: %s. Attach mode: **%s**.
   that CPU (internal/bench).
   Why this shape: on this shared VM a syscall's cost drifts by up to a
   third over hundreds of milliseconds, so setups are measured a slice
-  apart (attaching and detaching a syscall tracepoint takes the kernel
-  about 80 ms, RCU grace periods, which sets how close); and where a
+  apart (attaching and then detaching a setup took %.0f ms here, the
+  median over the run's slices, which sets how close); and where a
   loading's programs and maps land in kernel memory moves a call's cost by
   tens of ns for as long as they stay loaded, so the setups are loaded
   many times. The table shows medians over all rounds; *added* is the
@@ -187,7 +187,8 @@ Machine: %s. Attach mode: **%s**.
   programs per call, read from each program's run_cnt and run_time_ns, the
   median of %d loadings. These barely move with the machine's noise, so
   they show what the exporter's programs cost over empty ones on the same
-  hooks (the stats' own clock reads, about 50 ns a run, are in both). The
+  hooks (an empty program's figure, below, is what the measurement itself
+  reads: compare setups, not absolute figures). The
   hook's own cost (the syscall slow path, the perf-event dispatch) is the
   same for both, so the floor's added cost plus this difference is the
   exporter's added cost without the wall clock's noise: the last ratio
@@ -205,7 +206,7 @@ Machine: %s. Attach mode: **%s**.
 
 ## Syscall cost (ns/op, median of %d rounds)
 
-`, loads, rounds, statsLoads, st.Threads, st.Duration.Round(time.Second), bench.StormComm, loads*rounds)
+`, loads, rounds, float64(switching)/1e6, statsLoads, st.Threads, st.Duration.Round(time.Second), bench.StormComm, loads*rounds)
 	costTable(w, setups, sys, func(r bench.Result) map[bench.Setup]float64 { return r.NsPerOp })
 	fmt.Fprintf(w, "\nPaired, over %d loadings:\n\n", loads)
 	for _, r := range sys {

@@ -103,9 +103,8 @@ func Ops() (ops []Op, close func(), err error) {
 // Iterations per op in one slice: about 10 ms of calls. The setups take
 // turns slice by slice, so that the machine's drift, which on a shared VM
 // moves a syscall's cost by a third over hundreds of milliseconds, hits
-// each setup alike; attaching and detaching a tracepoint takes the kernel
-// about 40 ms each (RCU grace periods), which sets how close together the
-// slices can be.
+// each setup alike; the time the kernel takes to attach and detach a setup
+// (Syscalls reports it) sets how close together the slices can be.
 var Iterations = map[string]int{
 	"bpf(BPF_MAP_LOOKUP_ELEM)":             8_000,
 	"getpid()":                             40_000,
@@ -140,8 +139,9 @@ func measure(op Op, n int) (float64, error) {
 // the first calls after an attach run on cold caches.
 func warmCalls(n int) int { return n / 10 }
 
-// prepared is one setup of the node, loaded once and attached for each
-// slice: loading the exporter takes a hundred times longer than a slice.
+// prepared is one setup of the node, loaded once per loading and attached
+// for each slice, so that its programs stay where they landed in kernel
+// memory for the whole loading.
 type prepared interface {
 	io.Closer
 	attach() error
@@ -257,18 +257,22 @@ func (c closers) Close() error {
 
 // floorSetup is the empty programs and, while attached, their links.
 type floorSetup struct {
-	progs   []*ebpf.Program
-	hooks   []string
-	attachs []func(*ebpf.Program) (link.Link, error)
-	links   closers
+	hooks []floorHook
+	links closers
+}
+
+type floorHook struct {
+	prog   *ebpf.Program
+	what   string // e.g. "tracepoint/syscalls/sys_exit_bpf"
+	attach func(*ebpf.Program) (link.Link, error)
 }
 
 func (f *floorSetup) attach() error {
-	for i, p := range f.progs {
-		l, err := f.attachs[i](p)
+	for _, h := range f.hooks {
+		l, err := h.attach(h.prog)
 		if err != nil {
 			f.detach()
-			return fmt.Errorf("attach floor program on %s: %w", f.hooks[i], err)
+			return fmt.Errorf("attach floor program on %s: %w", h.what, err)
 		}
 		f.links = append(f.links, l)
 	}
@@ -283,16 +287,16 @@ func (f *floorSetup) detach() error {
 
 func (f *floorSetup) Close() error {
 	errs := []error{f.detach()}
-	for _, p := range f.progs {
-		errs = append(errs, p.Close())
+	for _, h := range f.hooks {
+		errs = append(errs, h.prog.Close())
 	}
 	return errors.Join(errs...)
 }
 
 func (f *floorSetup) stats() ([]tracer.ProgramStats, error) {
 	var out []tracer.ProgramStats
-	for i, p := range f.progs {
-		s, err := tracer.ReadProgramStats("floor "+f.hooks[i], p)
+	for _, h := range f.hooks {
+		s, err := tracer.ReadProgramStats("floor "+h.what, h.prog)
 		if err != nil {
 			return nil, err
 		}
@@ -349,14 +353,10 @@ func loadFloorSetup(mode tracer.AttachMode, exitOnly bool) (*floorSetup, error) 
 	if err != nil {
 		return nil, err
 	}
-	f := &floorSetup{
-		progs:   []*ebpf.Program{exit, enter},
-		hooks:   []string{exitHook, enterHook},
-		attachs: []func(*ebpf.Program) (link.Link, error){attachExit, attachEnter},
-	}
+	f := &floorSetup{hooks: []floorHook{{exit, exitHook, attachExit}, {enter, enterHook, attachEnter}}}
 	if exitOnly {
 		enter.Close()
-		f.progs, f.hooks, f.attachs = f.progs[:1], f.hooks[:1], f.attachs[:1]
+		f.hooks = f.hooks[:1]
 	}
 	return f, nil
 }
@@ -467,26 +467,28 @@ func (r Result) PairedRatio() (ratio, lo, hi float64, ok bool) {
 
 // Syscalls loads every setup of mode loads times; each time it measures
 // rounds rounds, in each of which every setup is attached in turn, in an
-// order shuffled each round, for one slice of every op's calls.
-func Syscalls(mode tracer.AttachMode, loads, rounds int, progress io.Writer) ([]Result, error) {
+// order shuffled each round, for one slice of every op's calls. switching
+// is the median time to attach and then detach a setup with programs.
+func Syscalls(mode tracer.AttachMode, loads, rounds int, progress io.Writer) (results []Result, switching time.Duration, err error) {
 	ops, closeOps, err := Ops()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer closeOps()
 	setups := SetupsFor(mode)
-	results := make([]Result, len(ops))
+	results = make([]Result, len(ops))
 	for i, op := range ops {
 		results[i] = Result{Op: op.Name, NsPerOp: map[Setup]float64{}, Rounds: map[Setup][]float64{}}
 	}
+	var switches []float64
 	// A fresh order each round: with a rotation, each setup would always
 	// follow the same one, and what one setup leaves behind (cold caches, a
 	// kernel's deferred work) would always land on the same next one.
 	order := rand.New(rand.NewPCG(1, 2))
 	for load := range loads {
 		first := len(results[0].Rounds[NoTracer])
-		if err := loadAndMeasure(mode, rounds, ops, setups, order, results); err != nil {
-			return nil, err
+		if err := loadAndMeasure(mode, rounds, ops, setups, order, results, &switches); err != nil {
+			return nil, 0, err
 		}
 		for i := range results {
 			exp, floor := results[i].Rounds[Exporter][first:], results[i].Rounds[Floor][first:]
@@ -502,12 +504,13 @@ func Syscalls(mode tracer.AttachMode, loads, rounds int, progress io.Writer) ([]
 		}
 		results[i].FloorOverNoTracer = median(differences(results[i].Rounds[Floor], results[i].Rounds[NoTracer]))
 	}
-	return results, nil
+	return results, time.Duration(median(switches)), nil
 }
 
 // loadAndMeasure prepares the setups, appends rounds rounds of slices to
-// results, and closes the setups.
-func loadAndMeasure(mode tracer.AttachMode, rounds int, ops []Op, setups []Setup, order *rand.Rand, results []Result) error {
+// results and the attach plus detach time (ns) of each setup with programs
+// to switches, and closes the setups.
+func loadAndMeasure(mode tracer.AttachMode, rounds int, ops []Op, setups []Setup, order *rand.Rand, results []Result, switches *[]float64) error {
 	all, closeAll, err := prepareAll(mode)
 	if err != nil {
 		return err
@@ -517,9 +520,12 @@ func loadAndMeasure(mode tracer.AttachMode, rounds int, ops []Op, setups []Setup
 	for range rounds {
 		for _, k := range order.Perm(len(setups)) {
 			s := setups[k]
-			ns, err := slice(all[s], ops)
+			ns, switching, err := slice(all[s], ops)
 			if err != nil {
 				return fmt.Errorf("%s: %w", s, err)
+			}
+			if s != NoTracer {
+				*switches = append(*switches, float64(switching))
 			}
 			for i := range ops {
 				results[i].Rounds[s] = append(results[i].Rounds[s], ns[i])
@@ -537,20 +543,24 @@ func differences(a, b []float64) []float64 {
 	return d
 }
 
-// slice attaches p, times one slice of each op, and detaches p.
-func slice(p prepared, ops []Op) ([]float64, error) {
+// slice attaches p, times one slice of each op, and detaches p; switching
+// is how long the attach and the detach took together.
+func slice(p prepared, ops []Op) (ns []float64, switching time.Duration, err error) {
+	start := time.Now()
 	if err := p.attach(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	ns := make([]float64, len(ops))
+	switching = time.Since(start)
+	ns = make([]float64, len(ops))
 	for i, op := range ops {
-		var err error
 		if ns[i], err = measure(op, Iterations[op.Name]); err != nil {
 			p.detach()
-			return nil, err
+			return nil, 0, err
 		}
 	}
-	return ns, p.detach()
+	start = time.Now()
+	err = p.detach()
+	return ns, switching + time.Since(start), err
 }
 
 // ProgramTime is the time the kernel spent in one setup's BPF programs per
