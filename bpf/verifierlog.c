@@ -11,6 +11,18 @@
  *   fentry:     fentry + fexit on bpf_prog_load and btf_new_fd
  *   kprobe:     kprobe + kretprobe on the same functions
  *   tracepoint: syscalls/sys_enter_bpf + syscalls/sys_exit_bpf
+ *
+ * Two program variants come from this one file (bpf2go_gen.go), and Go
+ * loads the best one the kernel's features allow (tracer/variant.go):
+ *   modern  in-flight slots in BPF task storage, the syscall's registers
+ *           from bpf_task_pt_regs, the log scan in bpf_loop (Linux 5.17+
+ *           features: task storage, bpf_get_current_task_btf,
+ *           bpf_task_pt_regs, bpf_loop);
+ *   compat  (VERIFIERLOG_COMPAT) in-flight slots in a hash map keyed by
+ *           thread id, the syscall's registers found at the top of the
+ *           task's kernel stack, the log scan in a bounded loop (Linux 5.10:
+ *           BTF, ring buffer, bounded loops).
+ * Both write the same records and count the same lost reasons.
  */
 #include "vmlinux_min.h"
 #include "bpf_helpers.h"
@@ -20,16 +32,27 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 /*
- * Bytes of union bpf_attr that the exporter needs: through log_true_size
- * (offset 140) for PROG_LOAD, through btf_log_true_size (offset 28) for
- * BTF_LOAD. Never more than the caller's attr size is read.
+ * The union bpf_attr fields the hooks read themselves (UAPI offsets; Go
+ * decodes the rest). Bytes needed: through log_true_size for PROG_LOAD,
+ * through btf_log_true_size for BTF_LOAD. Never more than the caller's attr
+ * size is read.
  */
 #define PROG_LOAD_ATTR_NEED 144
+#define PROG_LOAD_LOG_LEVEL_OFF 24
+#define PROG_LOAD_LOG_SIZE_OFF 28
+#define PROG_LOAD_LOG_BUF_OFF 32
+#define PROG_LOAD_TRUE_SIZE_OFF 140
+
 #define BTF_LOAD_ATTR_NEED 32
+#define BTF_LOAD_LOG_BUF_OFF 8
+#define BTF_LOAD_LOG_SIZE_OFF 20
+#define BTF_LOAD_LOG_LEVEL_OFF 24
+#define BTF_LOAD_TRUE_SIZE_OFF 28
+
 #define ATTR_COPY_MAX PROG_LOAD_ATTR_NEED
 
-#define PROG_LOAD_TRUE_SIZE_OFF 140
-#define BTF_LOAD_TRUE_SIZE_OFF 28
+#define EACCES 13
+#define EEXIST 17
 
 /*
  * Records are submitted without waking user space until this many bytes
@@ -38,6 +61,26 @@ char __license[] SEC("license") = "Dual BSD/GPL";
  * microseconds. Set by Go before load; 0 wakes on every record.
  */
 const volatile __u64 wakeup_bytes = 0;
+
+/*
+ * Argument slots (8 bytes each; a 16-byte bpfptr_t takes two) of the hooked
+ * kernel functions, from the running kernel's BTF. Set by Go before load:
+ *   bpf_prog_load(attr, uattr)                       2  (before 5.14)
+ *   bpf_prog_load(attr, bpfptr_t uattr)              3
+ *   bpf_prog_load(attr, bpfptr_t uattr, uattr_size)  4  (6.4+)
+ *   btf_new_fd(attr)                                 1  (before 5.14)
+ *   btf_new_fd(attr, bpfptr_t uattr[, uattr_size])   3, 4
+ * The verifier knows these constants, so the branches for other kernels'
+ * signatures are dead code it never checks.
+ */
+const volatile __u32 prog_load_arg_slots = 0;
+const volatile __u32 btf_load_arg_slots = 0;
+
+/*
+ * The log scan reads at most this many bytes of the caller's buffer
+ * (LOG_SCAN_MAX unless Go sets less; tests do).
+ */
+const volatile __u32 log_scan_max = 0;
 
 /*
  * Loads between their enter and exit hooks, all hooks together: busy
@@ -73,12 +116,16 @@ volatile __u32 detaching SEC(".data.control") = 0;
 
 /*
  * The log of a load that succeeded or that the verifier rejected is
- * NUL-terminated in the caller's buffer, so its length + 1 is the exact need, also where the
- * kernel writes no log_true_size. The scan reads at most LOG_SCAN_MAX bytes,
- * LOG_SCAN_CHUNK at a time (bpf_loop, Linux 5.17+).
+ * NUL-terminated in the caller's buffer, so its length + 1 is the exact
+ * need, also where the kernel writes no log_true_size. The scan reads the
+ * buffer LOG_SCAN_CHUNK bytes at a time, at most LOG_SCAN_MAX bytes: libbpf's
+ * and aya's largest buffer (16 MiB - 1) is read whole. The bounded loop of
+ * the compat variant sets the ceiling: the 5.10 verifier walks every
+ * iteration and keeps each one's exits pending (at most 8192).
  */
-#define LOG_SCAN_CHUNK 4096
-#define LOG_SCAN_MAX (4 << 20)
+#define LOG_SCAN_CHUNK (32 << 10)
+#define LOG_SCAN_MAX (16 << 20)
+#define LOG_SCAN_CHUNKS (LOG_SCAN_MAX / LOG_SCAN_CHUNK)
 
 /* What the enter hook learned; the exit hook completes it. */
 struct inflight {
@@ -110,7 +157,7 @@ struct load_event {
 enum lost_reason {
 	LOST_RINGBUF_FULL = 0,      /* exit hook could not reserve a record */
 	LOST_NO_INFLIGHT = 1,       /* exit hook found no entry: not stored, or began before attach */
-	LOST_INFLIGHT_UPDATE = 2,   /* enter hook could not get its task-storage slot */
+	LOST_INFLIGHT_UPDATE = 2,   /* enter hook could not get its thread's slot */
 	LOST_STALE_INFLIGHT = 3,    /* a thread's previous entry never saw its exit */
 	LOST_REASON_MAX,
 };
@@ -128,6 +175,7 @@ struct inflight_slot {
 	struct inflight in;
 };
 
+#ifndef VERIFIERLOG_COMPAT
 /*
  * One slot per thread that has loaded, in the thread's own BPF task
  * storage: no hashing, no eviction, freed with the thread. Only the hooks
@@ -139,6 +187,26 @@ struct {
 	__type(key, int);
 	__type(value, struct inflight_slot);
 } inflight SEC(".maps");
+#else
+/*
+ * One entry per thread between its enter and exit hook, keyed by thread id,
+ * deleted by the exit hook: an entry is busy by being there. Preallocated
+ * and never evicted: when all are taken, a load is counted
+ * (LOST_INFLIGHT_UPDATE), and an entry whose exit never came (a missed
+ * kretprobe) is counted when its thread id loads again
+ * (LOST_STALE_INFLIGHT). Only the hooks read it.
+ */
+#define INFLIGHT_MAX 4096
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, INFLIGHT_MAX);
+	__type(key, __u32);
+	__type(value, struct inflight_slot);
+} inflight SEC(".maps");
+
+/* What a new entry starts from. */
+static const struct inflight_slot empty_slot = {.busy = 1};
+#endif
 
 /* Per-CPU bytes the log scan copies into and throws away. Only measure_log uses it. */
 struct {
@@ -173,6 +241,154 @@ static __always_inline int is_load_cmd(__u32 cmd)
 	return cmd == BPF_PROG_LOAD || cmd == BPF_BTF_LOAD;
 }
 
+/* ---- the current task and its syscall's registers ------------------------ */
+
+#ifndef VERIFIERLOG_COMPAT
+static __always_inline struct task_struct *current_task(void)
+{
+	return bpf_get_current_task_btf();
+}
+
+static __always_inline struct pt_regs *syscall_regs(struct task_struct *task)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(task);
+}
+#else
+static __always_inline struct task_struct *current_task(void)
+{
+	return (struct task_struct *)bpf_get_current_task();
+}
+
+/*
+ * Without bpf_task_pt_regs the syscall's registers are found where the
+ * kernel keeps them, at the top of the task's kernel stack: task->stack +
+ * THREAD_SIZE - padding - sizeof(struct pt_regs). THREAD_SIZE (16 KiB,
+ * 32 KiB with KASAN, 64 KiB with 64 KiB pages) and the padding (16 bytes on
+ * x86-64 kernels built with FRED, 6.9+) are not in BTF, so the candidates
+ * are tried until the syscall number there is bpf's, and the offset found
+ * is kept for the next call.
+ */
+#if defined(__TARGET_ARCH_x86)
+#define NR_BPF 321
+#define STACK_TOP_PADDINGS 2
+static __always_inline long syscall_nr(const struct pt_regs *regs)
+{
+	return BPF_CORE_READ(regs, orig_ax);
+}
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_BPF 280
+#define STACK_TOP_PADDINGS 1
+static __always_inline long syscall_nr(const struct pt_regs *regs)
+{
+	return BPF_CORE_READ(regs, syscallno);
+}
+#endif
+
+/* The offset of the syscall's pt_regs from task->stack; 0 until found. Go reads it in tests. */
+__u32 syscall_regs_offset = 0;
+
+static __always_inline struct pt_regs *syscall_regs(struct task_struct *task)
+{
+	__u64 stack = (__u64)BPF_CORE_READ(task, stack);
+	__u32 regs_size = bpf_core_type_size(struct pt_regs);
+	__u32 off = syscall_regs_offset;
+	int t, p;
+
+	if (!stack)
+		return 0;
+	if (off && syscall_nr((struct pt_regs *)(stack + off)) == NR_BPF)
+		return (struct pt_regs *)(stack + off);
+	for (t = 0; t < 3; t++) {
+		for (p = 0; p < STACK_TOP_PADDINGS; p++) {
+			off = (16384 << t) - 16 * p - regs_size;
+			if (syscall_nr((struct pt_regs *)(stack + off)) == NR_BPF) {
+				syscall_regs_offset = off;
+				return (struct pt_regs *)(stack + off);
+			}
+		}
+	}
+	return 0;
+}
+#endif
+
+/* ---- in-flight slots -------------------------------------------------------- */
+
+#ifndef VERIFIERLOG_COMPAT
+/* slot_begin returns the thread's slot for a new load, or 0 (counted). */
+static __always_inline struct inflight_slot *slot_begin(struct task_struct *task)
+{
+	struct inflight_slot *slot;
+
+	slot = bpf_task_storage_get(&inflight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!slot) {
+		count_lost(LOST_INFLIGHT_UPDATE);
+		return 0;
+	}
+	if (slot->busy)
+		/* The previous load's exit never came; its count carries over. */
+		count_lost(LOST_STALE_INFLIGHT);
+	else
+		__sync_fetch_and_add(&loads_in_flight, 1);
+	return slot;
+}
+
+/* slot_end returns the thread's busy slot, or 0. */
+static __always_inline struct inflight_slot *slot_end(struct task_struct *task)
+{
+	struct inflight_slot *slot = bpf_task_storage_get(&inflight, task, 0, 0);
+
+	return slot && slot->busy ? slot : 0;
+}
+
+static __always_inline void slot_release(struct inflight_slot *slot)
+{
+	slot->busy = 0;
+}
+#else
+static __always_inline __u32 current_tid(void)
+{
+	return (__u32)bpf_get_current_pid_tgid();
+}
+
+static __always_inline struct inflight_slot *slot_begin(struct task_struct *task)
+{
+	__u32 tid = current_tid();
+	struct inflight_slot *slot;
+	long err;
+
+	err = bpf_map_update_elem(&inflight, &tid, &empty_slot, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		/* The previous load's exit never came; its count carries over. */
+		count_lost(LOST_STALE_INFLIGHT);
+	} else if (err) {
+		count_lost(LOST_INFLIGHT_UPDATE);
+		return 0;
+	} else {
+		__sync_fetch_and_add(&loads_in_flight, 1);
+	}
+	slot = bpf_map_lookup_elem(&inflight, &tid);
+	if (!slot)
+		count_lost(LOST_INFLIGHT_UPDATE); /* deleted under us: cannot happen for one thread */
+	return slot;
+}
+
+static __always_inline struct inflight_slot *slot_end(struct task_struct *task)
+{
+	__u32 tid = current_tid();
+
+	return bpf_map_lookup_elem(&inflight, &tid);
+}
+
+static __always_inline void slot_release(struct inflight_slot *slot)
+{
+	__u32 tid = current_tid();
+
+	bpf_map_delete_elem(&inflight, &tid);
+}
+#endif
+
+/* ---- enter ------------------------------------------------------------------ */
+
 /*
  * kattr is the kernel's own copy of the attr where the hook has one
  * (fentry, kprobe); the tracepoint hook runs before the kernel copies it and
@@ -186,16 +402,9 @@ static __always_inline int record_enter(struct task_struct *task, __u32 cmd, __u
 	__u64 n = attr_size < need ? attr_size : need;
 	long err;
 
-	slot = bpf_task_storage_get(&inflight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!slot) {
-		count_lost(LOST_INFLIGHT_UPDATE);
+	slot = slot_begin(task);
+	if (!slot)
 		return 0;
-	}
-	if (slot->busy)
-		/* The previous load's exit never came; its count carries over. */
-		count_lost(LOST_STALE_INFLIGHT);
-	else
-		__sync_fetch_and_add(&loads_in_flight, 1);
 
 	if (flags & FLAG_KERNEL_CALLER)
 		n = need; /* the kernel copy is a whole, zero-filled union bpf_attr */
@@ -224,6 +433,8 @@ static __always_inline int record_enter(struct task_struct *task, __u32 cmd, __u
 	return 0;
 }
 
+/* ---- the log scan ----------------------------------------------------------- */
+
 struct scan_ctx {
 	__u64 buf;
 	__u32 limit;
@@ -232,107 +443,139 @@ struct scan_ctx {
 };
 
 /*
- * One chunk of the scan. bpf_probe_read_user_str returns n < want when the
- * NUL is among the bytes read; n == want when it is not, or is the last of
- * them, so the next chunk starts on that last byte again.
+ * One chunk of the scan. Each reads a whole chunk, also past the end of
+ * the buffer (a probe read: harmless, and it stops at the first NUL, which
+ * for a log that fit lies in the buffer): a size that depends on the buffer
+ * would make the verifier walk every iteration twice over. A NUL at or past
+ * the limit is not the log's end. bpf_probe_read_user_str returns n <
+ * CHUNK when the NUL is among the bytes read before the last; n == CHUNK
+ * when the last byte read is the NUL or when there is none (it then writes
+ * one over the last byte), so that byte is read again on its own. A log
+ * that fills its buffer to the last byte, NUL included, is measured too.
  */
-static long scan_chunk(__u32 i, struct scan_ctx *c)
+static __always_inline long scan_chunk(__u32 i, struct scan_ctx *c)
 {
 	__u32 key = 0;
 	char *scratch = bpf_map_lookup_elem(&scan_scratch, &key);
-	__u64 off = (__u64)i * (LOG_SCAN_CHUNK - 1);
-	__u64 want;
+	__u64 off = (__u64)i * LOG_SCAN_CHUNK;
+	__u64 end;
+	char last;
 	long n;
 
 	if (!scratch || off >= c->limit)
 		return 1;
-	want = c->limit - off;
-	if (want > LOG_SCAN_CHUNK)
-		want = LOG_SCAN_CHUNK;
-	/* Re-bound want where the verifier can see it. */
-	barrier_var(want);
-	want &= 2 * LOG_SCAN_CHUNK - 1;
-	if (want > LOG_SCAN_CHUNK)
-		want = LOG_SCAN_CHUNK;
-	if (want <= 1) {
-		/* A one-byte string read cannot tell NUL from not-NUL. */
-		if (bpf_probe_read_user(scratch, 1, (const void *)(c->buf + off))) {
-			c->flags |= FLAG_LOG_SCAN_FAULT;
-			return 1;
-		}
-		if (scratch[0] == 0) {
-			c->len = off;
-			c->flags |= FLAG_LOG_MEASURED;
-		}
-		return 1;
-	}
-	n = bpf_probe_read_user_str(scratch, want, (const void *)(c->buf + off));
+	n = bpf_probe_read_user_str(scratch, LOG_SCAN_CHUNK, (const void *)(c->buf + off));
 	if (n <= 0) {
 		c->flags |= FLAG_LOG_SCAN_FAULT;
 		return 1;
 	}
-	if ((__u64)n < want) {
-		c->len = off + n - 1;
-		c->flags |= FLAG_LOG_MEASURED;
-		return 1;
+	end = off + n - 1; /* where the NUL is, if n < CHUNK */
+	if (n == LOG_SCAN_CHUNK) {
+		if (bpf_probe_read_user(&last, 1, (const void *)(c->buf + end))) {
+			c->flags |= FLAG_LOG_SCAN_FAULT;
+			return 1;
+		}
+		if (last != 0)
+			return end + 1 >= c->limit; /* no NUL yet: go on within the limit */
 	}
-	return 0;
+	if (end < c->limit) {
+		c->len = end;
+		c->flags |= FLAG_LOG_MEASURED;
+	}
+	return 1;
 }
+
+#ifndef VERIFIERLOG_COMPAT
+static long scan_chunk_cb(__u32 i, struct scan_ctx *c)
+{
+	return scan_chunk(i, c);
+}
+
+static __always_inline void scan_log(struct scan_ctx *c)
+{
+	bpf_loop((c->limit + LOG_SCAN_CHUNK - 1) / LOG_SCAN_CHUNK, scan_chunk_cb, c, 0);
+}
+#else
+/*
+ * The bounded loop is a global function, which the verifier checks once on
+ * its own: inlined, every iteration's exits would be walked through the
+ * rest of the program. A global function takes and returns only scalars
+ * here (5.10): the result is the flags in the upper half, the length in the
+ * lower.
+ */
+__noinline __u64 scan_log_bounded(__u64 buf, __u32 limit)
+{
+	struct scan_ctx c = {.buf = buf, .limit = limit};
+	__u32 i;
+
+	for (i = 0; i < LOG_SCAN_CHUNKS; i++)
+		if (scan_chunk(i, &c))
+			break;
+	return (__u64)c.flags << 32 | c.len;
+}
+
+static __always_inline void scan_log(struct scan_ctx *c)
+{
+	__u64 r = scan_log_bounded(c->buf, c->limit);
+
+	c->flags = r >> 32;
+	c->len = (__u32)r;
+}
+#endif
 
 /* measure_log scans the caller's log buffer of a load whose log fit. */
 static __always_inline void measure_log(struct load_event *e)
 {
 	struct scan_ctx c = {};
-	__u32 level, size;
+	__u32 level, size, cap = log_scan_max;
 	__u64 buf;
 
 	if (e->in.cmd == BPF_PROG_LOAD) {
-		if (e->in.attr_copied < 40)
+		if (e->in.attr_copied < PROG_LOAD_LOG_BUF_OFF + 8)
 			return;
-		level = *(__u32 *)&e->in.attr[24];
-		size = *(__u32 *)&e->in.attr[28];
-		buf = *(__u64 *)&e->in.attr[32];
+		level = *(__u32 *)&e->in.attr[PROG_LOAD_LOG_LEVEL_OFF];
+		size = *(__u32 *)&e->in.attr[PROG_LOAD_LOG_SIZE_OFF];
+		buf = *(__u64 *)&e->in.attr[PROG_LOAD_LOG_BUF_OFF];
 	} else {
-		if (e->in.attr_copied < 28)
+		if (e->in.attr_copied < BTF_LOAD_LOG_LEVEL_OFF + 4)
 			return;
-		buf = *(__u64 *)&e->in.attr[8];
-		size = *(__u32 *)&e->in.attr[20];
-		level = *(__u32 *)&e->in.attr[24];
+		buf = *(__u64 *)&e->in.attr[BTF_LOAD_LOG_BUF_OFF];
+		size = *(__u32 *)&e->in.attr[BTF_LOAD_LOG_SIZE_OFF];
+		level = *(__u32 *)&e->in.attr[BTF_LOAD_LOG_LEVEL_OFF];
 	}
 	if (!level || !size || !buf)
 		return;
+	if (!cap || cap > LOG_SCAN_MAX)
+		cap = LOG_SCAN_MAX;
 	c.buf = buf;
-	c.limit = size < LOG_SCAN_MAX ? size : LOG_SCAN_MAX;
-	bpf_loop((c.limit + LOG_SCAN_CHUNK - 2) / (LOG_SCAN_CHUNK - 1) + 1, scan_chunk, &c, 0);
-	if (!(c.flags & (FLAG_LOG_MEASURED | FLAG_LOG_SCAN_FAULT)) && size > LOG_SCAN_MAX) {
-		c.len = LOG_SCAN_MAX;
+	c.limit = size < cap ? size : cap;
+	scan_log(&c);
+	if (!(c.flags & (FLAG_LOG_MEASURED | FLAG_LOG_SCAN_FAULT)) && size > cap) {
+		c.len = cap;
 		c.flags |= FLAG_LOG_SCAN_CAPPED;
 	}
 	e->log_used = c.len;
 	e->in.flags |= c.flags;
 }
 
-static __always_inline int record_exit(struct task_struct *task, __s64 ret)
+/* ---- exit ------------------------------------------------------------------- */
+
+/* record_exit completes the load in slot, the thread's busy slot, and submits it. */
+static __always_inline int record_exit(struct inflight_slot *slot, __s64 ret)
 {
-	struct inflight_slot *slot;
 	struct load_event *e;
 	__u64 id, uid_gid;
 	__u32 off;
 
-	slot = bpf_task_storage_get(&inflight, task, 0, 0);
-	if (!slot || !slot->busy) {
-		if (!detaching)
-			count_lost(LOST_NO_INFLIGHT);
-		return 0;
-	}
-	slot->busy = 0;
 	__sync_fetch_and_add(&loads_in_flight, -1);
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (e)
+		__builtin_memcpy(&e->in, &slot->in, sizeof(e->in));
+	slot_release(slot);
 	if (!e) {
 		count_lost(LOST_RINGBUF_FULL);
 		return 0;
 	}
-	__builtin_memcpy(&e->in, &slot->in, sizeof(e->in));
 
 	id = bpf_get_current_pid_tgid();
 	uid_gid = bpf_get_current_uid_gid();
@@ -359,7 +602,7 @@ static __always_inline int record_exit(struct task_struct *task, __s64 ret)
 	 * early EINVAL leaves whatever the caller put there, and ENOSPC a log
 	 * that did not fit.
 	 */
-	if ((ret >= 0 || (e->in.cmd == BPF_PROG_LOAD && ret == -13 /* EACCES */)) &&
+	if ((ret >= 0 || (e->in.cmd == BPF_PROG_LOAD && ret == -EACCES)) &&
 	    !(e->in.flags & FLAG_KERNEL_CALLER))
 		measure_log(e);
 
@@ -368,104 +611,153 @@ static __always_inline int record_exit(struct task_struct *task, __s64 ret)
 	return 0;
 }
 
+/* hooked_exit: the exit of a load whose entry the enter hook stored. */
+static __always_inline int hooked_exit(struct task_struct *task, __s64 ret)
+{
+	struct inflight_slot *slot = slot_end(task);
+
+	if (!slot) {
+		if (!detaching)
+			count_lost(LOST_NO_INFLIGHT);
+		return 0;
+	}
+	return record_exit(slot, ret);
+}
+
+/* ---- fentry and kprobe -------------------------------------------------------- */
+
 /*
  * fentry and kprobe hooks see the kernel's attr copy but not, before 6.4,
  * the attr size; both come from the syscall's own registers, trusted only
  * when they match the hook's arguments (a load from user space). Loads the
  * kernel issues itself (bpf_sys_bpf) are marked and keep attr_size 0.
+ * uattr is 0 where the hooked function does not take it (btf_new_fd before
+ * 5.14): the syscall's registers then give it.
  */
 static __always_inline int hooked_enter(__u32 cmd, const void *kattr, __u64 uattr,
 					__u64 uattr_is_kernel)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	struct task_struct *task = current_task();
+	struct pt_regs *regs = syscall_regs(task);
 	__u32 attr_size = 0;
-	__u32 flags = 0;
+	__u32 flags = FLAG_KERNEL_CALLER;
 
-	if (!uattr_is_kernel && (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs) == cmd &&
-	    PT_REGS_PARM2_CORE_SYSCALL(regs) == uattr)
-		attr_size = PT_REGS_PARM3_CORE_SYSCALL(regs);
-	else
-		flags = FLAG_KERNEL_CALLER;
+	if (regs && !uattr_is_kernel && (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs) == cmd) {
+		__u64 sys_uattr = PT_REGS_PARM2_CORE_SYSCALL(regs);
+
+		if (!uattr || sys_uattr == uattr) {
+			uattr = sys_uattr;
+			attr_size = PT_REGS_PARM3_CORE_SYSCALL(regs);
+			flags = 0;
+		}
+	}
 	return record_enter(task, cmd, uattr, attr_size, kattr, flags);
 }
 
-/* fentry mode. bpfptr_t uattr is a 16-byte struct: argument slots 1 and 2. */
-
-static __always_inline int fentry_enter(__u32 cmd, __u64 *ctx)
+/*
+ * The hook's arguments by slot: the attr, the user attr (or bpfptr_t's
+ * pointer), bpfptr_t's is_kernel. Slots a signature lacks read as 0.
+ */
+static __always_inline int sliced_enter(__u32 cmd, __u32 slots, __u64 a0, __u64 a1, __u64 a2)
 {
-	__u64 kattr = 0, uattr = 0, is_kernel = 0;
-
-	bpf_get_func_arg(ctx, 0, &kattr);
-	bpf_get_func_arg(ctx, 1, &uattr);
-	bpf_get_func_arg(ctx, 2, &is_kernel);
-	return hooked_enter(cmd, (const void *)kattr, uattr, is_kernel & 1);
+	return hooked_enter(cmd, (const void *)a0, slots >= 2 ? a1 : 0, slots >= 3 ? a2 & 1 : 0);
 }
 
-static __always_inline int fexit_exit(__u64 *ctx)
-{
-	__u64 ret = 0;
+/*
+ * fentry mode: arguments and the return value by slot of the BTF prototype.
+ * Each slot is its own load at a constant offset: the verifier refuses a
+ * context access at a computed one, which is what the compiler would make
+ * of ctx[slots].
+ */
+#define CTX_SLOT(ctx, off)                                                        \
+	({                                                                        \
+		__u64 __v;                                                        \
+		asm volatile("%0 = *(u64 *)(%1 + " #off ")" : "=r"(__v) : "r"(ctx)); \
+		__v;                                                              \
+	})
 
-	bpf_get_func_ret(ctx, &ret);
-	return record_exit(bpf_get_current_task_btf(), (int)ret);
+static __always_inline int fentry_enter(__u32 cmd, __u32 slots, __u64 *ctx)
+{
+	__u64 a1 = 0, a2 = 0;
+
+	if (slots >= 2)
+		a1 = CTX_SLOT(ctx, 8);
+	if (slots >= 3)
+		a2 = CTX_SLOT(ctx, 16);
+	return sliced_enter(cmd, slots, CTX_SLOT(ctx, 0), a1, a2);
+}
+
+/* The return value follows the arguments. */
+static __always_inline int fexit_exit(__u32 slots, __u64 *ctx)
+{
+	__u64 ret;
+
+	if (slots <= 1)
+		ret = CTX_SLOT(ctx, 8);
+	else if (slots == 2)
+		ret = CTX_SLOT(ctx, 16);
+	else if (slots == 3)
+		ret = CTX_SLOT(ctx, 24);
+	else
+		ret = CTX_SLOT(ctx, 32);
+	return hooked_exit(current_task(), (int)ret);
 }
 
 SEC("fentry/bpf_prog_load")
 int fentry_prog_load(__u64 *ctx)
 {
-	return fentry_enter(BPF_PROG_LOAD, ctx);
+	return fentry_enter(BPF_PROG_LOAD, prog_load_arg_slots, ctx);
 }
 
 SEC("fexit/bpf_prog_load")
 int fexit_prog_load(__u64 *ctx)
 {
-	return fexit_exit(ctx);
+	return fexit_exit(prog_load_arg_slots, ctx);
 }
 
 SEC("fentry/btf_new_fd")
 int fentry_btf_load(__u64 *ctx)
 {
-	return fentry_enter(BPF_BTF_LOAD, ctx);
+	return fentry_enter(BPF_BTF_LOAD, btf_load_arg_slots, ctx);
 }
 
 SEC("fexit/btf_new_fd")
 int fexit_btf_load(__u64 *ctx)
 {
-	return fexit_exit(ctx);
+	return fexit_exit(btf_load_arg_slots, ctx);
 }
 
-/* kprobe mode: the design card's hook. */
+/* kprobe mode: the design card's hook. Slots are argument registers. */
 
 SEC("kprobe/bpf_prog_load")
-int BPF_KPROBE(kprobe_prog_load, const void *kattr, __u64 uattr, __u64 is_kernel)
+int BPF_KPROBE(kprobe_prog_load, __u64 a0, __u64 a1, __u64 a2)
 {
-	return hooked_enter(BPF_PROG_LOAD, kattr, uattr, is_kernel & 1);
+	return sliced_enter(BPF_PROG_LOAD, prog_load_arg_slots, a0, a1, a2);
 }
 
 SEC("kretprobe/bpf_prog_load")
 int BPF_KRETPROBE(kretprobe_prog_load, int ret)
 {
-	return record_exit(bpf_get_current_task_btf(), ret);
+	return hooked_exit(current_task(), ret);
 }
 
 SEC("kprobe/btf_new_fd")
-int BPF_KPROBE(kprobe_btf_load, const void *kattr, __u64 uattr, __u64 is_kernel)
+int BPF_KPROBE(kprobe_btf_load, __u64 a0, __u64 a1, __u64 a2)
 {
-	return hooked_enter(BPF_BTF_LOAD, kattr, uattr, is_kernel & 1);
+	return sliced_enter(BPF_BTF_LOAD, btf_load_arg_slots, a0, a1, a2);
 }
 
 SEC("kretprobe/btf_new_fd")
 int BPF_KRETPROBE(kretprobe_btf_load, int ret)
 {
-	return record_exit(bpf_get_current_task_btf(), ret);
+	return hooked_exit(current_task(), ret);
 }
 
 /*
  * tracepoint mode. These fire on every bpf(2) call, so both leave at once for
  * commands that are not loads: the exit hook after one memory load while no
- * load is in flight, else after reading the command from the syscall's
- * saved registers (no map lookup); a load whose entry is missing is
- * counted, not silently skipped.
+ * load is in flight; a load whose entry is missing is counted, not silently
+ * skipped.
  */
 
 struct sys_enter_bpf_ctx {
@@ -490,25 +782,40 @@ int tracepoint_enter_bpf(struct sys_enter_bpf_ctx *ctx)
 	/* bpf(2) takes int cmd and unsigned int size: the upper halves are noise. */
 	if (!is_load_cmd((__u32)ctx->cmd))
 		return 0;
-	return record_enter(bpf_get_current_task_btf(), (__u32)ctx->cmd, ctx->uattr, (__u32)ctx->size, 0, 0);
+	return record_enter(current_task(), (__u32)ctx->cmd, ctx->uattr, (__u32)ctx->size, 0, 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_bpf")
 int tracepoint_exit_bpf(struct sys_exit_bpf_ctx *ctx)
 {
 	struct task_struct *task;
-	struct pt_regs *regs;
 
 	/* No load in flight: this call is not one (or began before attach). */
 	if (!count_loads_begun_before_attach && *(volatile __u64 *)&loads_in_flight == 0)
 		return 0;
-	task = bpf_get_current_task_btf();
-	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	task = current_task();
+#ifndef VERIFIERLOG_COMPAT
 	/*
 	 * bpf_task_pt_regs returns a BTF pointer: read the register directly
 	 * (a CO-RE-relocated load, no helper call) on this hot path.
 	 */
-	if (!is_load_cmd((__u32)PT_REGS_PARM1_SYSCALL(regs)))
+	if (!is_load_cmd((__u32)PT_REGS_PARM1_SYSCALL(syscall_regs(task))))
 		return 0;
-	return record_exit(task, ctx->ret);
+	return hooked_exit(task, ctx->ret);
+#else
+	/*
+	 * A hash lookup is cheaper here than finding the registers: an entry
+	 * means this thread's load is ending (a thread is in one syscall at a
+	 * time). Without one, the command tells whether a load went unseen.
+	 */
+	struct inflight_slot *slot = slot_end(task);
+	struct pt_regs *regs;
+
+	if (slot)
+		return record_exit(slot, ctx->ret);
+	regs = syscall_regs(task);
+	if (regs && is_load_cmd((__u32)PT_REGS_PARM1_CORE_SYSCALL(regs)) && !detaching)
+		count_lost(LOST_NO_INFLIGHT);
+	return 0;
+#endif
 }

@@ -53,13 +53,6 @@ type Attempt struct {
 // Linux caps it at 4096.
 const KretprobeMaxActive = 4096
 
-// Kernel functions the fentry and kprobe modes hook. bpf_btf_load is
-// inlined on some kernels; btf_new_fd, which it calls, is not.
-const (
-	progLoadFunc = "bpf_prog_load"
-	btfLoadFunc  = "btf_new_fd"
-)
-
 // attached holds one mode's programs and links, links in attach order.
 type attached struct {
 	mode  AttachMode

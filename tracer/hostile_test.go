@@ -339,7 +339,9 @@ func TestLoadBegunBeforeAttachIsCountedNotRecorded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tr, err := tracer.New(tracer.Options{Attach: testAttachMode(t), AttachGrace: grace})
+		opts := testOptions(t)
+		opts.AttachGrace = grace
+		tr, err := tracer.New(opts)
 		if err != nil {
 			held.Release()
 			t.Fatal(err)

@@ -4,8 +4,10 @@ package tracer_test
 // knows what the kernel answered, and checks that the tracer recorded
 // exactly that. Expectations that differ by kernel version are explicit.
 //
-// VERIFIERLOG_TEST_ATTACH picks the attach mode (default auto);
-// VERIFIERLOG_EXPECT_AUTO, where set, is the mode auto must choose here.
+// VERIFIERLOG_TEST_ATTACH picks the attach mode (default auto) and
+// VERIFIERLOG_TEST_VARIANT the program variant (default auto);
+// VERIFIERLOG_EXPECT_AUTO and VERIFIERLOG_EXPECT_VARIANT, where set, are the
+// mode and the variant auto must choose here.
 
 import (
 	"bytes"
@@ -56,6 +58,19 @@ func testAttachMode(t testing.TB) tracer.AttachMode {
 	return m
 }
 
+func testVariant(t testing.TB) tracer.Variant {
+	v, err := tracer.ParseVariant(envOr("VERIFIERLOG_TEST_VARIANT", "auto"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// testOptions are the tracer options of the mode and variant under test.
+func testOptions(t testing.TB) tracer.Options {
+	return tracer.Options{Attach: testAttachMode(t), Variant: testVariant(t)}
+}
+
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
 		return v
@@ -76,10 +91,11 @@ type harness struct {
 	events []tracer.LoadEvent
 }
 
-func startHarness(mode tracer.AttachMode) (*harness, error) {
+func startHarness(opts tracer.Options) (*harness, error) {
 	// A short attach grace: the tests run with the exit hook's fast path
 	// for non-loads (no load in flight) already on.
-	tr, err := tracer.New(tracer.Options{Attach: mode, AttachGrace: time.Millisecond})
+	opts.AttachGrace = time.Millisecond
+	tr, err := tracer.New(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +128,7 @@ func (h *harness) stop() {
 func sharedHarness(t *testing.T) *harness {
 	t.Helper()
 	kerneltest.Require(t)
-	sharedOnce.Do(func() { shared, sharedErr = startHarness(testAttachMode(t)) })
+	sharedOnce.Do(func() { shared, sharedErr = startHarness(testOptions(t)) })
 	if sharedErr != nil {
 		t.Fatalf("start tracer: %v", sharedErr)
 	}
@@ -651,7 +667,7 @@ func TestConcurrentLoadsAreAllRecordedWithNoneLost(t *testing.T) {
 
 func TestAutoChoosesFirstWorkingModeAndExplainsTheOthers(t *testing.T) {
 	kerneltest.Require(t)
-	tr, err := tracer.New(tracer.Options{Attach: tracer.AttachAuto, RingBufferBytes: 1 << 16})
+	tr, err := tracer.New(tracer.Options{Attach: tracer.AttachAuto, Variant: tracer.VariantAuto, RingBufferBytes: 1 << 16})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -676,6 +692,12 @@ func TestAutoChoosesFirstWorkingModeAndExplainsTheOthers(t *testing.T) {
 	if want := os.Getenv("VERIFIERLOG_EXPECT_AUTO"); want != "" && string(tr.Mode()) != want {
 		t.Errorf("auto chose %s on %s, want %s (attempts: %v)", tr.Mode(), tr.KernelRelease(), want, attempts)
 	}
+	if want := os.Getenv("VERIFIERLOG_EXPECT_VARIANT"); want != "" && string(tr.Variant()) != want {
+		t.Errorf("auto chose the %s programs on %s, want %s (the kernel lacks %v)", tr.Variant(), tr.KernelRelease(), want, tr.VariantLacks())
+	}
+	if (tr.Variant() == tracer.VariantCompat) != (len(tr.VariantLacks()) > 0) {
+		t.Errorf("auto chose the %s programs, saying the kernel lacks %v: compat must be chosen exactly when something is lacking", tr.Variant(), tr.VariantLacks())
+	}
 }
 
 func TestStopDetachesAndDeliversPendingRecords(t *testing.T) {
@@ -685,7 +707,7 @@ func TestStopDetachesAndDeliversPendingRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := startHarness(testAttachMode(t))
+	h, err := startHarness(testOptions(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -722,7 +744,9 @@ func TestFullRingBufferCountsEveryDrop(t *testing.T) {
 	kerneltest.Require(t)
 	// One page holds about fifteen records; while the handler is blocked
 	// the ring fills and every later reservation must be counted.
-	tr, err := tracer.New(tracer.Options{Attach: testAttachMode(t), RingBufferBytes: 4096})
+	opts := testOptions(t)
+	opts.RingBufferBytes = 4096
+	tr, err := tracer.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -944,7 +968,7 @@ func TestInvalidProgNameIsRejectedAndSanitised(t *testing.T) {
 // cannot be resumed.
 func TestSuspendAndResume(t *testing.T) {
 	kerneltest.Require(t)
-	h, err := startHarness(testAttachMode(t))
+	h, err := startHarness(testOptions(t))
 	if err != nil {
 		t.Fatal(err)
 	}

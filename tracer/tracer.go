@@ -38,6 +38,9 @@ const FlushInterval = 20 * time.Millisecond
 type Options struct {
 	// Attach is the mode to use; "" means AttachAuto.
 	Attach AttachMode
+	// Variant is the program variant to load; "" means VariantAuto, the
+	// best the kernel's features allow.
+	Variant Variant
 	// RingBufferBytes is the ring buffer's size, rounded up to a power of
 	// two pages; 0 means DefaultRingBufferBytes.
 	RingBufferBytes int
@@ -47,17 +50,28 @@ type Options struct {
 	// hook of a bpf(2) call leaves after one memory load while no load is
 	// in flight.
 	AttachGrace time.Duration
+	// LogScanMax bounds the bytes of a caller's log buffer the exit hook
+	// scans for the log's end; 0 (and anything above it) means
+	// MaxLogScanBytes. Tests lower it to reach the cap with small logs.
+	LogScanMax int
 }
+
+// MaxLogScanBytes is the most of a caller's log buffer that is scanned to
+// measure a log (bpf/verifierlog.c, LOG_SCAN_MAX): libbpf's and aya's
+// largest buffer (16 MiB - 1) is read whole. Past it, the need is reported
+// as at least this.
+const MaxLogScanBytes = 16 << 20
 
 // Tracer is attached to the kernel from New until Close.
 type Tracer struct {
 	mode     AttachMode
+	variant  choice
 	attempts []Attempt
 	release  string
 	clock    WallClock
 	dec      decoder
 
-	maps   verifierlogMaps
+	maps   tracerMaps
 	hooks  *attached
 	reader *ringbuf.Reader
 
@@ -80,30 +94,43 @@ func New(opts Options) (*Tracer, error) {
 	if _, err := ParseAttachMode(string(mode)); err != nil {
 		return nil, err
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
+	want := opts.Variant
+	if want == "" {
+		want = VariantAuto
 	}
-
-	t := &Tracer{release: kernelRelease(), clock: NewWallClock()}
-	// Probe before attaching, so that the probe is not itself a record.
-	t.dec.trueSizeSupported = probeLogTrueSize()
-
-	spec, err := loadVerifierlog()
+	if _, err := ParseVariant(string(want)); err != nil {
+		return nil, err
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raising it
+	// needs CAP_SYS_RESOURCE. Where it cannot be raised, the maps may still
+	// fit, and if they do not, their creation says so.
+	memlockErr := rlimit.RemoveMemlock()
+	chosen, err := chooseVariant(want)
 	if err != nil {
 		return nil, err
 	}
-	ringSize := ringBufferSize(opts.RingBufferBytes)
-	spec.Maps[verifierlogMapEvents].MaxEntries = ringSize
-	if err := spec.Variables[verifierlogVarWakeupBytes].Set(uint64(ringSize / 8)); err != nil {
-		return nil, fmt.Errorf("set wakeup threshold: %w", err)
+
+	t := &Tracer{release: kernelRelease(), clock: NewWallClock(), variant: chosen}
+	// Probe before attaching, so that the probe is not itself a record.
+	t.dec.trueSizeSupported = probeLogTrueSize()
+
+	spec, err := loadSpec(chosen.variant)
+	if err != nil {
+		return nil, err
+	}
+	if err := configure(spec, opts); err != nil {
+		return nil, err
 	}
 	if err := spec.LoadAndAssign(&t.maps, nil); err != nil {
-		return nil, fmt.Errorf("create maps: %w", err)
+		if memlockErr != nil && errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("create maps: %w: on this kernel BPF memory counts against RLIMIT_MEMLOCK, which could not be raised (%v); raise it (ulimit -l unlimited, LimitMEMLOCK=infinity) or grant CAP_SYS_RESOURCE", err, memlockErr)
+		}
+		return nil, fmt.Errorf("create maps (%s programs): %w", chosen.variant, explainPrivilegeError(err))
 	}
 	collOpts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		verifierlogMapEvents:   t.maps.Events,
-		verifierlogMapInflight: t.maps.Inflight,
-		verifierlogMapLost:     t.maps.Lost,
+		"events":   t.maps.Events,
+		"inflight": t.maps.Inflight,
+		"lost":     t.maps.Lost,
 	}}
 
 	modes := []AttachMode{mode}
@@ -145,6 +172,13 @@ func New(opts Options) (*Tracer, error) {
 
 // Mode is the attach mode in use.
 func (t *Tracer) Mode() AttachMode { return t.mode }
+
+// Variant is the program variant in use.
+func (t *Tracer) Variant() Variant { return t.variant.variant }
+
+// VariantLacks names what the kernel lacks of the modern variant where
+// auto chose compat for that reason; nil otherwise.
+func (t *Tracer) VariantLacks() []string { return t.variant.lacks }
 
 // Attempts lists the modes tried, in order; the last one is the one in use.
 func (t *Tracer) Attempts() []Attempt { return t.attempts }
@@ -237,6 +271,48 @@ func (t *Tracer) Close() error {
 	}
 	errs = append(errs, t.maps.Close())
 	return errors.Join(errs...)
+}
+
+// tracerMaps are the maps Go reads, shared by every mode's programs.
+type tracerMaps struct {
+	Events   *ebpf.Map `ebpf:"events"`
+	Inflight *ebpf.Map `ebpf:"inflight"`
+	Lost     *ebpf.Map `ebpf:"lost"`
+}
+
+func (m *tracerMaps) Close() error {
+	return errors.Join(m.Events.Close(), m.Inflight.Close(), m.Lost.Close())
+}
+
+// configure sets what the programs read as constants: the ring buffer's
+// size and wake-up threshold, the hooked functions' argument slots in this
+// kernel, and the log scan's cap.
+func configure(spec *ebpf.CollectionSpec, opts Options) error {
+	ringSize := ringBufferSize(opts.RingBufferBytes)
+	spec.Maps["events"].MaxEntries = ringSize
+	scanMax := opts.LogScanMax
+	if scanMax <= 0 || scanMax > MaxLogScanBytes {
+		scanMax = MaxLogScanBytes
+	}
+	progSlots, err := argSlots(progLoadFunc)
+	if err != nil {
+		return fmt.Errorf("read %s's prototype from kernel BTF: %w", progLoadFunc, err)
+	}
+	btfSlots, err := argSlots(btfLoadFunc)
+	if err != nil {
+		return fmt.Errorf("read %s's prototype from kernel BTF: %w", btfLoadFunc, err)
+	}
+	for name, v := range map[string]any{
+		"wakeup_bytes":        uint64(ringSize / 8),
+		"log_scan_max":        uint32(scanMax),
+		"prog_load_arg_slots": progSlots,
+		"btf_load_arg_slots":  btfSlots,
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // ringBufferSize rounds n up to a power of two of at least one page.

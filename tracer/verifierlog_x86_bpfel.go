@@ -81,9 +81,12 @@ const (
 	verifierlogProgKretprobeProgLoad          = "kretprobe_prog_load"
 	verifierlogProgTracepointEnterBpf         = "tracepoint_enter_bpf"
 	verifierlogProgTracepointExitBpf          = "tracepoint_exit_bpf"
+	verifierlogVarBtfLoadArgSlots             = "btf_load_arg_slots"
 	verifierlogVarCountLoadsBegunBeforeAttach = "count_loads_begun_before_attach"
 	verifierlogVarDetaching                   = "detaching"
 	verifierlogVarLoadsInFlight               = "loads_in_flight"
+	verifierlogVarLogScanMax                  = "log_scan_max"
+	verifierlogVarProgLoadArgSlots            = "prog_load_arg_slots"
 	verifierlogVarUnusedLoadEvent             = "unused_load_event"
 	verifierlogVarUnusedLostReason            = "unused_lost_reason"
 	verifierlogVarWakeupBytes                 = "wakeup_bytes"
@@ -157,9 +160,12 @@ type verifierlogMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type verifierlogVariableSpecs struct {
+	BtfLoadArgSlots             *ebpf.VariableSpec `ebpf:"btf_load_arg_slots"`
 	CountLoadsBegunBeforeAttach *ebpf.VariableSpec `ebpf:"count_loads_begun_before_attach"`
 	Detaching                   *ebpf.VariableSpec `ebpf:"detaching"`
 	LoadsInFlight               *ebpf.VariableSpec `ebpf:"loads_in_flight"`
+	LogScanMax                  *ebpf.VariableSpec `ebpf:"log_scan_max"`
+	ProgLoadArgSlots            *ebpf.VariableSpec `ebpf:"prog_load_arg_slots"`
 	UnusedLoadEvent             *ebpf.VariableSpec `ebpf:"unused_load_event"`
 	UnusedLostReason            *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
 	WakeupBytes                 *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -204,9 +210,12 @@ func (m *verifierlogMaps) Close() error {
 //
 // It can be passed to loadVerifierlogObjects or ebpf.CollectionSpec.LoadAndAssign.
 type verifierlogVariables struct {
+	BtfLoadArgSlots             *ebpf.Variable `ebpf:"btf_load_arg_slots"`
 	CountLoadsBegunBeforeAttach *ebpf.Variable `ebpf:"count_loads_begun_before_attach"`
 	Detaching                   *ebpf.Variable `ebpf:"detaching"`
 	LoadsInFlight               *ebpf.Variable `ebpf:"loads_in_flight"`
+	LogScanMax                  *ebpf.Variable `ebpf:"log_scan_max"`
+	ProgLoadArgSlots            *ebpf.Variable `ebpf:"prog_load_arg_slots"`
 	UnusedLoadEvent             *ebpf.Variable `ebpf:"unused_load_event"`
 	UnusedLostReason            *ebpf.Variable `ebpf:"unused_lost_reason"`
 	WakeupBytes                 *ebpf.Variable `ebpf:"wakeup_bytes"`

@@ -25,6 +25,7 @@ typedef __u64 __be64;
 typedef __u32 __wsum;
 
 enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
@@ -55,7 +56,10 @@ enum {
 	BPF_BTF_LOAD = 18,
 };
 
-struct task_struct;
+/* Only the compat variant reads a task's fields (its kernel stack). */
+struct task_struct {
+	void *stack;
+} __attribute__((preserve_access_index));
 
 #if defined(__TARGET_ARCH_x86)
 struct pt_regs {
@@ -72,6 +76,7 @@ struct user_pt_regs {
 struct pt_regs {
 	struct user_pt_regs user_regs;
 	__u64 orig_x0;
+	__s32 syscallno;
 } __attribute__((preserve_access_index));
 #else
 #error "verifierlog: only x86 and arm64 are supported"
