@@ -80,6 +80,7 @@ func newInstruments(r *Recorder) *instruments {
 // Source is what the self metrics read from the tracer.
 type Source interface {
 	Mode() tracer.AttachMode
+	Variant() tracer.Variant
 	KernelRelease() string
 	LogTrueSizeSupported() bool
 	Events() uint64
@@ -137,6 +138,7 @@ func registerSelfMetrics(m metric.Meter, src Source, build BuildInfo) error {
 	buildAttrs := metric.WithAttributes(attribute.String("version", build.Version),
 		attribute.String("revision", build.Revision), attribute.String("goversion", build.GoVersion))
 	infoAttrs := metric.WithAttributes(attribute.String("attach_mode", string(src.Mode())),
+		attribute.String("bpf_variant", string(src.Variant())),
 		attribute.String("kernel_release", src.KernelRelease()),
 		attribute.Bool("log_true_size_supported", src.LogTrueSizeSupported()))
 	reasons := tracer.LostReasons()

@@ -61,6 +61,8 @@ type attached struct {
 	controls
 	// notes say where the mode runs with less than it asked for.
 	notes []string
+	// linkedBefore: the hooks were attached once (Suspend and Resume).
+	linkedBefore bool
 }
 
 // controls are the programs' global variables Go reads or sets while they
@@ -115,10 +117,14 @@ func (a *attached) link() error {
 		l, err := h.attach(h.prog)
 		if err != nil {
 			_ = a.unlink()
+			if a.linkedBefore && a.mode == AttachFentry && errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("%s: attach %s again: %w (a detached fentry program cannot be attached again before Linux 5.11)", a.mode, h.what, err)
+			}
 			return fmt.Errorf("%s: attach %s: %w", a.mode, h.what, explainAttachError(a.mode, err))
 		}
 		a.links = append(a.links, l)
 	}
+	a.linkedBefore = true
 	return nil
 }
 

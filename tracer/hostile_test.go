@@ -46,6 +46,10 @@ func runChild(mode string) int {
 		err = childPIDNamespaceLoad()
 	case "threads":
 		err = childThreadStorm()
+	case "nobtf":
+		err = childTracerWithoutBTF()
+	case "nocaps":
+		err = childTracerWithoutCapabilities()
 	default:
 		err = fmt.Errorf("unknown child mode %q", mode)
 	}

@@ -104,6 +104,10 @@ type choice struct {
 // one the kernel's features allow for VariantAuto. The probes' results are
 // cached for the process.
 func chooseVariant(want Variant) (choice, error) {
+	return chooseVariantFrom(want, floorFeatures, modernFeatures)
+}
+
+func chooseVariantFrom(want Variant, floorFeatures, modernFeatures []feature) (choice, error) {
 	floor, err := missing(floorFeatures)
 	if err != nil {
 		return choice{}, err

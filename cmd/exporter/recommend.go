@@ -50,7 +50,7 @@ type recommendCommand struct {
 	cmd      *kingpin.CmdClause
 	from     *string
 	duration *time.Duration
-	attach   *string
+	tracer   *tracerFlags
 	output   *string
 	defaults *defaultsFlag
 }
@@ -59,7 +59,7 @@ func newRecommendCommand(app *kingpin.Application) *recommendCommand {
 	c := &recommendCommand{cmd: app.Command("recommend", "Print recommended verifier-log buffer sizes per loader: from a running exporter (--from) or by tracing for --duration.")}
 	c.from = c.cmd.Flag("from", "A running exporter's URL (e.g. http://node:9435); its /recommendations is read.").String()
 	c.duration = c.cmd.Flag("duration", "Without --from: trace this long, then report.").Default("60s").Duration()
-	c.attach = c.cmd.Flag("attach", "Without --from: kernel hooks (auto, fentry, kprobe, tracepoint).").Default("auto").Enum("auto", "fentry", "kprobe", "tracepoint")
+	c.tracer = addTracerFlags(c.cmd)
 	c.output = c.cmd.Flag("output", "table or json.").Short('o').Default("table").Enum("table", "json")
 	c.defaults = addDefaultsFlag(c.cmd)
 	return c
@@ -73,7 +73,7 @@ func (c *recommendCommand) run(ctx context.Context, logger *slog.Logger, out io.
 			return err
 		}
 	} else {
-		tr, err := tracer.New(tracer.Options{Attach: tracer.AttachMode(*c.attach)})
+		tr, err := tracer.New(c.tracer.options())
 		if err != nil {
 			return err
 		}

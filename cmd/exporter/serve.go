@@ -28,11 +28,10 @@ var version = ""
 type serveCommand struct {
 	cmd         *kingpin.CmdClause
 	web         *web.FlagConfig
-	attach      *string
+	tracer      *tracerFlags
 	chainWindow *time.Duration
 	recWindow   *time.Duration
 	loaderLimit *int
-	ringBuffer  *int
 	metricsPath *string
 	defaults    *defaultsFlag
 	dropCaps    *bool
@@ -42,11 +41,10 @@ func newServeCommand(app *kingpin.Application) *serveCommand {
 	c := &serveCommand{cmd: app.Command("serve", "Serve Prometheus metrics on /metrics and push OpenTelemetry metrics and spans when OTEL_* asks (the default command).").Default()}
 	c.web = kingpinflag.AddFlags(c.cmd, DefaultListenAddress)
 	c.metricsPath = c.cmd.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").String()
-	c.attach = c.cmd.Flag("attach", "Kernel hooks: auto (cheapest that works), fentry, kprobe or tracepoint.").Default("auto").Enum("auto", "fentry", "kprobe", "tracepoint")
+	c.tracer = addTracerFlags(c.cmd)
 	c.chainWindow = c.cmd.Flag("chain-window", "A retry starting within this long after the previous attempt's end belongs to the same logical load.").Default(otel.DefaultChainWindow.String()).Duration()
 	c.recWindow = c.cmd.Flag("recommend-window", "How far back bpf_verifier_log_recommended_buffer_bytes looks.").Default(otel.DefaultRecommendWindow.String()).Duration()
 	c.loaderLimit = c.cmd.Flag("loader-limit", "Distinct loader label values; later loaders are counted as \"other\".").Default(fmt.Sprint(otel.DefaultLoaderLimit)).Int()
-	c.ringBuffer = c.cmd.Flag("ring-buffer-bytes", "Size of the kernel ring buffer of load records.").Default(fmt.Sprint(tracer.DefaultRingBufferBytes)).Int()
 	c.defaults = addDefaultsFlag(c.cmd)
 	c.dropCaps = addDropCapabilitiesFlag(c.cmd)
 	return c
@@ -54,7 +52,7 @@ func newServeCommand(app *kingpin.Application) *serveCommand {
 
 func (c *serveCommand) run(ctx context.Context, logger *slog.Logger) error {
 	build := otel.ReadBuildInfo(version)
-	tr, err := tracer.New(tracer.Options{Attach: tracer.AttachMode(*c.attach), RingBufferBytes: *c.ringBuffer})
+	tr, err := tracer.New(c.tracer.options())
 	if err != nil {
 		return err
 	}

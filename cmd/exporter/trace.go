@@ -4,9 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
 
@@ -14,24 +14,22 @@ import (
 )
 
 type traceCommand struct {
-	cmd        *kingpin.CmdClause
-	attach     *string
-	output     *string
-	ringBuffer *int
-	dropCaps   *bool
+	cmd      *kingpin.CmdClause
+	tracer   *tracerFlags
+	output   *string
+	dropCaps *bool
 }
 
 func newTraceCommand(app *kingpin.Application) *traceCommand {
 	c := &traceCommand{cmd: app.Command("trace", "Print one line per BPF_PROG_LOAD / BPF_BTF_LOAD attempt until SIGINT or SIGTERM.")}
-	c.attach = c.cmd.Flag("attach", "Kernel hooks: auto (cheapest that works), fentry, kprobe or tracepoint.").Default("auto").Enum("auto", "fentry", "kprobe", "tracepoint")
+	c.tracer = addTracerFlags(c.cmd)
 	c.output = c.cmd.Flag("output", "table (aligned columns, human sizes) or json (one object per line).").Short('o').Default("table").Enum("table", "json")
-	c.ringBuffer = c.cmd.Flag("ring-buffer-bytes", "Size of the kernel ring buffer of load records.").Default(fmt.Sprint(tracer.DefaultRingBufferBytes)).Int()
 	c.dropCaps = addDropCapabilitiesFlag(c.cmd)
 	return c
 }
 
 func (c *traceCommand) run(ctx context.Context, logger *slog.Logger, stdout io.Writer) error {
-	tr, err := tracer.New(tracer.Options{Attach: tracer.AttachMode(*c.attach), RingBufferBytes: *c.ringBuffer})
+	tr, err := tracer.New(c.tracer.options())
 	if err != nil {
 		return err
 	}
@@ -79,7 +77,10 @@ func logAttach(logger *slog.Logger, tr *tracer.Tracer) {
 			logger.Info("attach mode unavailable", "mode", a.Mode, "reason", a.Err)
 		}
 	}
-	logger.Info("attached", "mode", tr.Mode(), "kernel", tr.KernelRelease(), "log_true_size_supported", tr.LogTrueSizeSupported())
+	if lacks := tr.VariantLacks(); len(lacks) > 0 {
+		logger.Info("using the compat BPF programs", "kernel_lacks", strings.Join(lacks, ", "))
+	}
+	logger.Info("attached", "mode", tr.Mode(), "bpf_variant", tr.Variant(), "kernel", tr.KernelRelease(), "log_true_size_supported", tr.LogTrueSizeSupported())
 	for _, n := range tr.Notes() {
 		logger.Warn("attach limitation", "note", n)
 	}
