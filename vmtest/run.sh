@@ -470,7 +470,10 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmtest.XXXXXX")
 cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
-trap 'say "interrupted"; exit 130' INT TERM
+# Interrupted (Ctrl-C, or a matrix job being stopped): stop the guest too.
+# timeout passes the TERM on to qemu.
+qemu_pid=
+trap 'say "interrupted"; [[ -z $qemu_pid ]] || kill "$qemu_pid" 2>/dev/null; exit 130' INT TERM
 
 # sq WORD: WORD quoted for a POSIX shell.
 sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
@@ -599,62 +602,67 @@ t_boot=$(date +%s.%N)
 # The console goes to stdout as it comes, without the firmware's escape
 # sequences and carriage returns, and to $log; each run's part also to
 # $work/run.N.log, its exit code to run.N.rc and its time to run.N.secs.
-set +e
-timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" </dev/null 2>&1 |
-	while IFS= read -r line || [[ -n $line ]]; do
-		line=${line//$'\r'/}
-		if [[ $line == *$'\e'* ]]; then
-			line=${line//$'\e'\[*([0-9;?])[A-Za-z]/}
-			line=${line//$'\e'[()][0-9A-Za-z]/}
-			line=${line//$'\e'[c78=>]/}
-		fi
-		printf '%s\n' "$line" >>"$log"
-		# The guest starts each marker on a fresh line, after an empty one:
-		# empty lines are held back and dropped if a marker follows.
-		if [[ -z $line ]]; then
-			blank=$((${blank:-0} + 1))
-			continue
-		fi
-		case $line in
-		VMTEST_*" id=$nonce" | *VMTEST_BOOTED\ *) ;;
-		*)
-			for ((; ${blank:-0} > 0; blank--)); do
-				echo
-				[[ -z ${cur:-} ]] || echo >>"$work/run.$cur.log"
-			done
-			;;
-		esac
-		blank=0
-		case $line in
-		*VMTEST_BOOTED\ *) say "guest booted in $(elapsed "$t_boot")s (${line#*VMTEST_BOOTED })" ;;
-		"VMTEST_RUN_BEGIN="*" id=$nonce")
-			cur=${line#VMTEST_RUN_BEGIN=}
-			cur=${cur%% *}
-			date +%s.%N >"$work/run.$cur.start"
-			: >"$work/run.$cur.log"
-			((nruns == 1)) || say "run ${run_names[cur - 1]} ($cur/$nruns)"
-			;;
-		"VMTEST_RUN_END="*" id=$nonce")
-			n=${line#VMTEST_RUN_END=}
-			n=${n%% *}
-			rc=${line#* rc=}
-			rc=${rc%% *}
-			printf '%s\n' "$rc" >"$work/run.$n.rc"
-			elapsed "$(cat "$work/run.$n.start")" >"$work/run.$n.secs"
-			((nruns == 1)) || say "run ${run_names[n - 1]} exited $rc ($(cat "$work/run.$n.secs")s)"
-			cur=
-			;;
-		"VMTEST_DONE id=$nonce") : >"$work/done" ;;
-		SeaBIOS*|iPXE*|Booting\ from*|*"] reboot: Power down") ;;
-		*)
-			printf '%s\n' "$line"
-			[[ -z ${cur:-} ]] || printf '%s\n' "$line" >>"$work/run.$cur.log"
-			;;
-		esac
-	done
-rcs=("${PIPESTATUS[@]}")
-set -e
-qemu_rc=${rcs[0]}
+# qemu runs in the background, so that a trap fires at once rather than when
+# qemu is done; this shell reads its console from a fifo.
+mkfifo "$work/console"
+timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" </dev/null >"$work/console" 2>&1 &
+qemu_pid=$!
+cur=
+blank=0
+while IFS= read -r line || [[ -n $line ]]; do
+	line=${line//$'\r'/}
+	if [[ $line == *$'\e'* ]]; then
+		line=${line//$'\e'\[*([0-9;?])[A-Za-z]/}
+		line=${line//$'\e'[()][0-9A-Za-z]/}
+		line=${line//$'\e'[c78=>]/}
+	fi
+	printf '%s\n' "$line" >>"$log"
+	# The guest starts each marker on a fresh line, after an empty one:
+	# empty lines are held back and dropped if a marker follows.
+	if [[ -z $line ]]; then
+		blank=$((blank + 1))
+		continue
+	fi
+	case $line in
+	VMTEST_*" id=$nonce" | *VMTEST_BOOTED\ *) ;;
+	*)
+		for ((; blank > 0; blank--)); do
+			echo
+			[[ -z ${cur:-} ]] || echo >>"$work/run.$cur.log"
+		done
+		;;
+	esac
+	blank=0
+	case $line in
+	*VMTEST_BOOTED\ *) say "guest booted in $(elapsed "$t_boot")s (${line#*VMTEST_BOOTED })" ;;
+	"VMTEST_RUN_BEGIN="*" id=$nonce")
+		cur=${line#VMTEST_RUN_BEGIN=}
+		cur=${cur%% *}
+		date +%s.%N >"$work/run.$cur.start"
+		: >"$work/run.$cur.log"
+		((nruns == 1)) || say "run ${run_names[cur - 1]} ($cur/$nruns)"
+		;;
+	"VMTEST_RUN_END="*" id=$nonce")
+		n=${line#VMTEST_RUN_END=}
+		n=${n%% *}
+		rc=${line#* rc=}
+		rc=${rc%% *}
+		printf '%s\n' "$rc" >"$work/run.$n.rc"
+		elapsed "$(cat "$work/run.$n.start")" >"$work/run.$n.secs"
+		((nruns == 1)) || say "run ${run_names[n - 1]} exited $rc ($(cat "$work/run.$n.secs")s)"
+		cur=
+		;;
+	"VMTEST_DONE id=$nonce") : >"$work/done" ;;
+	SeaBIOS*|iPXE*|Booting\ from*|*"] reboot: Power down") ;;
+	*)
+		printf '%s\n' "$line"
+		[[ -z ${cur:-} ]] || printf '%s\n' "$line" >>"$work/run.$cur.log"
+		;;
+	esac
+done <"$work/console"
+qemu_rc=0
+wait "$qemu_pid" || qemu_rc=$?
+qemu_pid=
 
 [[ -n ${VMTEST_LOG:-} ]] && cp "$log" "$VMTEST_LOG"
 total=$(elapsed "$t_start")
