@@ -555,6 +555,14 @@ func TestPresetTrueSizeIsNotTakenForTheKernels(t *testing.T) {
 	if r.Errno != want || r.LogTrueSize != 4242 {
 		t.Fatalf("kernel answered %v, true size %d: want %v and the preset untouched", r.Errno, r.LogTrueSize, want)
 	}
+	if want == unix.E2BIG && h.tr.Mode() != tracer.AttachTracepoint {
+		// Refused in the syscall itself: bpf_prog_load never ran.
+		h.sync(t)
+		if recs := h.recordsOf(r); len(recs) != 0 {
+			t.Fatalf("%s mode recorded a load that never reached bpf_prog_load: %+v", h.tr.Mode(), recs)
+		}
+		return
+	}
 	ev := checkProgRecord(t, h, p, r)
 	wantTrueSizeUnknown(t, ev)
 	// Nor is the untouched (zeroed) buffer measured as a one-byte log.

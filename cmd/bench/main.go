@@ -45,6 +45,9 @@ func main() {
 // median of: one loading's figure can be off by tens of ns.
 const statsLoads = 9
 
+// scanLoads is how many loads of each size the scan's cost is the median of.
+const scanLoads = 15
+
 func run(out string, loads, rounds int, stormFor time.Duration, attach string) error {
 	mode, err := resolveMode(attach)
 	if err != nil {
@@ -57,6 +60,11 @@ func run(out string, loads, rounds int, stormFor time.Duration, attach string) e
 	}
 	fmt.Fprintln(os.Stderr, "bench: time in BPF programs (kernel BPF stats)")
 	progTimes, err := bench.ProgramTimes(mode, statsLoads)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "bench: the log scan's cost (kernel BPF stats)")
+	scans, err := bench.ScanCosts(mode, scanLoads)
 	if err != nil {
 		return err
 	}
@@ -89,7 +97,7 @@ func run(out string, loads, rounds int, stormFor time.Duration, attach string) e
 		defer f.Close()
 		w = f
 	}
-	report(w, mode, loads, rounds, sys, switching, progTimes, pipeline, st)
+	report(w, mode, loads, rounds, sys, switching, progTimes, scans, pipeline, st)
 	return nil
 }
 
@@ -139,7 +147,7 @@ func machine() string {
 	return fmt.Sprintf("Linux %s, %s, %d CPUs, %s", unix.ByteSliceToString(u.Release[:]), cpu, runtime.NumCPU(), runtime.Version())
 }
 
-func report(w io.Writer, mode tracer.AttachMode, loads, rounds int, sys []bench.Result, switching time.Duration, progTimes []bench.ProgramTime, pipeline []string, st bench.StormResult) {
+func report(w io.Writer, mode tracer.AttachMode, loads, rounds int, sys []bench.Result, switching time.Duration, progTimes []bench.ProgramTime, scans []bench.ScanCost, pipeline []string, st bench.StormResult) {
 	setups := bench.SetupsFor(mode)
 	fmt.Fprintf(w, `# Benchmarks
 
@@ -163,7 +171,11 @@ Machine: %s. Attach mode: **%s**.
 	fmt.Fprintf(w, ` *exporter*: the tracer and the serve
   pipeline (metrics through the OpenTelemetry SDK and the Prometheus
   exporter) consuming every record, its hooks detached between its slices
-  (tracer.Suspend/Resume). Every setup is loaded afresh %d times, with
+  (tracer.Suspend/Resume), with the program variant auto picks here;
+  *exporter, compat programs*: the same with the compat variant (in-flight
+  loads in a thread-keyed hash map, the syscall's registers found on the
+  kernel stack, a bounded log scan), which auto picks on kernels without
+  task storage, bpf_task_pt_regs or bpf_loop. Every setup is loaded afresh %d times, with
   %d rounds each time. Each slice times a fixed number of calls, after a
   tenth as many untimed ones, on one thread pinned to one CPU, with the
   process's other threads (the in-process exporter's among them) kept off
@@ -193,6 +205,13 @@ Machine: %s. Attach mode: **%s**.
   same for both, so the floor's added cost plus this difference is the
   exporter's added cost without the wall clock's noise: the last ratio
   below.
+- **Log scan.** The exit hook measures a log that fit by scanning the
+  caller's buffer for its NUL, in the loader's own bpf(2) call. Per
+  variant, with BPF run-time statistics on, %d loads of a %s-instruction
+  program at log level 2 with a 16 MiB - 1 buffer alternate with the same
+  load with its log off; the time in the exporter's programs (all hooks) per
+  logged load minus per plain load, medians, divided by the log's size, is
+  the scan's cost per MiB.
 - **Pipeline.** `+"`go test -bench 'BenchmarkDecode|BenchmarkPipelineHandle' -benchmem -count 5 -cpu 1 ./tracer ./otel`"+`:
   decoding one ring-buffer record, and classifying, chaining and recording
   metrics for one event (a cilium/ebpf-style ENOSPC + retry and a log-off
@@ -206,7 +225,7 @@ Machine: %s. Attach mode: **%s**.
 
 ## Syscall cost (ns/op, median of %d rounds)
 
-`, loads, rounds, float64(switching)/1e6, statsLoads, st.Threads, st.Duration.Round(time.Second), bench.StormComm, loads*rounds)
+`, loads, rounds, float64(switching)/1e6, statsLoads, scanLoads, scanSizes(), st.Threads, st.Duration.Round(time.Second), bench.StormComm, loads*rounds)
 	costTable(w, setups, sys, func(r bench.Result) map[bench.Setup]float64 { return r.NsPerOp })
 	fmt.Fprintf(w, "\nPaired, over %d loadings:\n\n", loads)
 	for _, r := range sys {
@@ -233,22 +252,23 @@ Machine: %s. Attach mode: **%s**.
 	for _, p := range progTimes {
 		fmt.Fprintf(w, "| %s | %s | %.2f | %.1f |\n", p.Op, p.Setup, p.Runs, p.Ns)
 	}
-	fmt.Fprintf(w, "\nThe exporter's programs over the floor's, added to the floor's median added cost (the hook is the same):\n\n")
-	for _, r := range sys {
-		var floorNs, exporterNs float64
-		for _, p := range progTimes {
-			if p.Op == r.Op && p.Setup == bench.Floor {
-				floorNs = p.Ns
-			}
-			if p.Op == r.Op && p.Setup == bench.Exporter {
-				exporterNs = p.Ns
+	for _, exp := range setups {
+		if exp != bench.Exporter && exp != bench.ExporterCompat {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s: the programs over the floor's, added to the floor's median added cost (the hook is the same):\n\n", exp)
+		for _, r := range sys {
+			floorNs, exporterNs := programNs(progTimes, r.Op, bench.Floor), programNs(progTimes, r.Op, exp)
+			if added := r.Added(bench.Floor); measurable(r) {
+				fmt.Fprintf(w, "- %s: %+.1f ns in programs per call; ratio (%.0f %+.1f) / %.0f = %.2f\n", r.Op, exporterNs-floorNs, added, exporterNs-floorNs, added, (added+exporterNs-floorNs)/added)
+			} else {
+				fmt.Fprintf(w, "- %s: %+.1f ns in programs per call, %.1f%% of the call (*)\n", r.Op, exporterNs-floorNs, 100*(exporterNs-floorNs)/r.NsPerOp[bench.NoTracer])
 			}
 		}
-		if added := r.Added(bench.Floor); measurable(r) {
-			fmt.Fprintf(w, "- %s: %+.1f ns in programs per call; ratio (%.0f %+.1f) / %.0f = %.2f\n", r.Op, exporterNs-floorNs, added, exporterNs-floorNs, added, (added+exporterNs-floorNs)/added)
-		} else {
-			fmt.Fprintf(w, "- %s: %+.1f ns in programs per call, %.1f%% of the call (*)\n", r.Op, exporterNs-floorNs, 100*(exporterNs-floorNs)/r.NsPerOp[bench.NoTracer])
-		}
+	}
+	fmt.Fprintf(w, "\n## Log scan (per load, kernel BPF stats, median of %d loads)\n\n| variant | program | log | ns in programs, log scanned | ns in programs, log off | scan per MiB |\n| --- | ---: | ---: | ---: | ---: | ---: |\n", scanLoads)
+	for _, c := range scans {
+		fmt.Fprintf(w, "| %s | %d insns | %.2f MB | %.0f | %.0f | %.0f ns (%.2f ms) |\n", c.Variant, c.Insns, float64(c.LogBytes)/1e6, c.LoggedNs, c.PlainNs, c.NsPerMiB(), c.NsPerMiB()/1e6)
 	}
 	fmt.Fprintf(w, "\n## Pipeline (one core)\n\n```\n%s\n```\n", strings.Join(pipeline, "\n"))
 	fmt.Fprintf(w, `
@@ -259,6 +279,25 @@ Machine: %s. Attach mode: **%s**.
 | %d | %v | %d | %.0f | %d | %d | %.1f%% of a core | %.1f MiB | %.1f MiB |
 `, st.Threads, st.Duration.Round(time.Millisecond), st.Issued, st.LoadsPerSecond(), st.Seen, st.Lost,
 		100*st.ExporterCPU, float64(st.RSS)/(1<<20), float64(st.PeakRSS)/(1<<20))
+}
+
+// programNs is setup's time in programs per call of op.
+func programNs(progTimes []bench.ProgramTime, op string, setup bench.Setup) float64 {
+	for _, p := range progTimes {
+		if p.Op == op && p.Setup == setup {
+			return p.Ns
+		}
+	}
+	return 0
+}
+
+// scanSizes lists bench.ScanSizes for the method.
+func scanSizes() string {
+	var s []string
+	for _, n := range bench.ScanSizes {
+		s = append(s, fmt.Sprintf("%d", n))
+	}
+	return strings.Join(s, " and a ")
 }
 
 // costTable writes one row per op of the figures of, the cost each setup

@@ -41,6 +41,10 @@ const (
 	// syscall's arguments from the saved registers) could cost.
 	FloorExitOnly Setup = "one empty exit program"
 	Exporter      Setup = "exporter"
+	// ExporterCompat is the exporter with its compat program variant (a
+	// thread-keyed hash for loads in flight, a bounded log scan), which
+	// auto picks where the kernel lacks what the modern one needs.
+	ExporterCompat Setup = "exporter, compat programs"
 )
 
 // SetupsFor lists the setups measured in mode, in the order a round starts
@@ -48,9 +52,9 @@ const (
 // tracepoints, where the enter hook fires for every bpf(2) command.
 func SetupsFor(mode tracer.AttachMode) []Setup {
 	if mode == tracer.AttachTracepoint {
-		return []Setup{NoTracer, Floor, FloorExitOnly, Exporter}
+		return []Setup{NoTracer, Floor, FloorExitOnly, Exporter, ExporterCompat}
 	}
-	return []Setup{NoTracer, Floor, Exporter}
+	return []Setup{NoTracer, Floor, Exporter, ExporterCompat}
 }
 
 // Op is one operation whose cost is measured.
@@ -221,7 +225,9 @@ func prepare(s Setup, mode tracer.AttachMode) (prepared, error) {
 	case FloorExitOnly:
 		return loadFloorSetup(mode, true)
 	case Exporter:
-		return startExporter(mode)
+		return startExporter(mode, tracer.VariantAuto)
+	case ExporterCompat:
+		return startExporter(mode, tracer.VariantCompat)
 	}
 	return nil, fmt.Errorf("unknown setup %q", s)
 }
@@ -375,10 +381,10 @@ func (e *exporterSetup) stats() ([]tracer.ProgramStats, error) { return e.tr.Pro
 func (e *exporterSetup) attach() error                         { return e.tr.Resume() }
 func (e *exporterSetup) detach() error                         { return e.tr.Suspend() }
 
-func startExporter(mode tracer.AttachMode) (*exporterSetup, error) {
+func startExporter(mode tracer.AttachMode, variant tracer.Variant) (*exporterSetup, error) {
 	// The steady state: a long-running exporter is past its attach grace,
 	// so the tracepoint exit hook takes its fast path for non-loads.
-	tr, err := tracer.New(tracer.Options{Attach: mode, AttachGrace: time.Nanosecond})
+	tr, err := tracer.New(tracer.Options{Attach: mode, Variant: variant, AttachGrace: time.Nanosecond})
 	if err != nil {
 		return nil, err
 	}
