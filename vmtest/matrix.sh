@@ -162,7 +162,8 @@ run_host() {
 		rc=0
 		(
 			cd "$workdir"
-			env "${envs[@]}" VERIFIERLOG_TEST_ATTACH="$mode" VERIFIERLOG_TEST_VARIANT="$variant" \
+			env -u VERIFIERLOG_EXPECT_AUTO -u VERIFIERLOG_EXPECT_VARIANT \
+				"${envs[@]}" VERIFIERLOG_TEST_ATTACH="$mode" VERIFIERLOG_TEST_VARIANT="$variant" \
 				timeout -s QUIT -k 20 $((limit + 20)) \
 				"${bin[$host_goarch]}" -test.v -test.count=1 -test.timeout="${limit}s"
 		) >"$dir/$mode-$variant.log" 2>&1 || rc=$?
@@ -189,7 +190,8 @@ start_guest() {
 	limit=${row_limit[$arch]}
 	timeout=$((boot_limit + n * (limit + 30)))
 	if ((deadline > 0)); then
-		left=$((deadline - (SECONDS - t0)))
+		# run.sh's timeout allows qemu 10 s more to end after its TERM.
+		left=$((deadline - (SECONDS - t0) - 10))
 		((timeout <= left)) || timeout=$left
 	fi
 	envs=(CI=true)
@@ -294,9 +296,10 @@ for ((i = 0; i < nlines; i++)); do
 		rc=$(cat "$dir/$name.rc" 2>/dev/null || true)
 		secs=$(cat "$dir/$name.secs" 2>/dev/null || true)
 		if [[ -z $rc ]]; then
-			# run.sh stopped before it got to the runs (fetch, usage).
+			# Not run: the guest never got to it (the row's log says why),
+			# or run.sh stopped before booting (vmtest.out says why).
 			rc="none"
-			log=$dir/vmtest.out
+			[[ -f $log ]] || log=$dir/vmtest.out
 		fi
 		if [[ $rc == 0 ]]; then
 			result="passed ($(grep -c '^--- PASS' "$log" || true) tests)"
@@ -310,7 +313,7 @@ for ((i = 0; i < nlines; i++)); do
 			nfail=$((nfail + 1))
 			failures+=("${L_arch[i]}|$kname|$mode|$variant|$log")
 		fi
-		table+=("$(printf '%-6s %-44s %-11s %-8s %7s  %s' "${L_arch[i]}" "$kname" "$mode" "$variant" "${secs:+${secs}s}" "$result")")
+		table+=("$(printf '%-6s %-47s %-11s %-8s %7s  %s' "${L_arch[i]}" "$kname" "$mode" "$variant" "${secs:+${secs}s}" "$result")")
 	done
 done
 
@@ -318,11 +321,11 @@ for f in "${failures[@]}"; do
 	IFS='|' read -r a k m v log <<<"$f"
 	echo
 	say "$a $k $m $v failed; its failures ($log):"
-	grep -E -A4 '^--- FAIL|^panic:|^vmtest: (error|warning)|^matrix: not run|timed out' "$log" | head -40 || true
+	grep -E -A4 '^--- FAIL|^panic:|^vmtest: (error|warning|run .* (did not start|reported no))|^matrix: not run|timed out' "$log" | head -40 || true
 done
 
 echo
-printf '%-6s %-44s %-11s %-8s %7s  %s\n' ARCH KERNEL MODE VARIANT TIME RESULT
+printf '%-6s %-47s %-11s %-8s %7s  %s\n' ARCH KERNEL MODE VARIANT TIME RESULT
 printf '%s\n' "${table[@]}"
 echo "(logs in $logs; wall time $(clock))"
 say "$npass passed, $nfail failed"

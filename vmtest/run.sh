@@ -36,7 +36,8 @@
 # leaves NAME.log (the console between its start and end: its output and the
 # kernel's messages meanwhile), NAME.rc (its exit code; 124 if it timed out,
 # 124/125 if the guest timed out/stopped before it reported one) and
-# NAME.secs (its wall time seen from the host) there.
+# NAME.secs (its wall time seen from the host) there; a run the guest never
+# got to has only NAME.log, saying why.
 #
 # Exit status: with one run, the test binary's exit code; with several, 0 if
 # every run exited 0, else 1. 124 if the guest (or the only run) timed out,
@@ -699,7 +700,6 @@ for ((i = 1; i <= nruns; i++)); do
 			elapsed "$(cat "$work/run.$i.start")" >"$work/run.$i.secs"
 		else
 			printf 'vmtest: run %s did not start: %s before it\n' "$name" "$why" >"$work/run.$i.log"
-			echo 0 >"$work/run.$i.secs"
 		fi
 	fi
 	[[ $rc == 0 ]] || failed=1
@@ -708,8 +708,12 @@ for ((i = 1; i <= nruns; i++)); do
 	fi
 	if [[ -n $outdir ]]; then
 		cp "$work/run.$i.log" "$outdir/$name.log"
-		echo "$rc" >"$outdir/$name.rc"
-		cp "$work/run.$i.secs" "$outdir/$name.secs"
+		rm -f "$outdir/$name.rc" "$outdir/$name.secs"
+		# A run that never started has no exit code and no time.
+		if [[ -f $work/run.$i.secs ]]; then
+			echo "$rc" >"$outdir/$name.rc"
+			cp "$work/run.$i.secs" "$outdir/$name.secs"
+		fi
 	fi
 	last_rc=$rc
 done
