@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -13,6 +14,11 @@ import (
 
 	"github.com/verifierlog/exporter/internal/loadgen"
 )
+
+// defaultLoadgenComm is loadgen's thread name during its loads (at most 15
+// bytes), so that they are not counted as loader="exporter", where they
+// would look like the exporter's own buffers.
+const defaultLoadgenComm = "vl-loadgen"
 
 type loadgenCommand struct {
 	cmd        *kingpin.CmdClause
@@ -47,7 +53,7 @@ func newLoadgenCommand(app *kingpin.Application) *loadgenCommand {
 	c.threads = c.cmd.Flag("threads", "Threads loading at once.").Default("1").Int()
 	c.perAttempt = c.cmd.Flag("each", "Print every attempt, not only the summary (default when --count=1 and --threads=1).").Bool()
 	c.imitate = c.cmd.Flag("imitate", "Size the log buffer and retry on ENOSPC as this loader does: libbpf, cilium-ebpf or aya (overrides --log-size and --attr-size).").Enum("libbpf", "cilium-ebpf", "aya")
-	c.comm = c.cmd.Flag("comm", "Thread name during the loads (the exporter's loader label).").String()
+	c.comm = c.cmd.Flag("comm", "Thread name during the loads: the exporter's loader label. The default keeps them apart from the exporter's own.").Default(defaultLoadgenComm).String()
 	return c
 }
 
@@ -97,7 +103,14 @@ func (c *loadgenCommand) run(ctx context.Context, out io.Writer) error {
 					}
 					byResult[result]++
 					if each {
-						fmt.Fprintf(out, "tid=%d ret=%d result=%s log_size=%d log_true_size=%d log_len=%d\n", r.TID, r.Ret, result, r.LogSize, r.LogTrueSize, len(r.Log))
+						// loadgen presets log_true_size to 0: 0 after the call
+						// is a size the kernel did not write (before 6.4, a
+						// short attr, log level 0, an early error).
+						trueSize := "?"
+						if r.LogTrueSize > 0 {
+							trueSize = strconv.FormatUint(uint64(r.LogTrueSize), 10)
+						}
+						fmt.Fprintf(out, "tid=%d ret=%d result=%s log_size=%d log_true_size=%s log_len=%d\n", r.TID, r.Ret, result, r.LogSize, trueSize, len(r.Log))
 					}
 				}
 				mu.Unlock()
