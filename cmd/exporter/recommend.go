@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -46,118 +47,276 @@ func addDefaultsFlag(cmd *kingpin.CmdClause) *defaultsFlag {
 	return d
 }
 
+// addChainWindowFlag is --chain-window, the same for serve and recommend.
+func addChainWindowFlag(cmd *kingpin.CmdClause) *time.Duration {
+	return cmd.Flag("chain-window", "A retry starting within this long after the previous attempt's end belongs to the same logical load.").Default(otel.DefaultChainWindow.String()).Duration()
+}
+
 type recommendCommand struct {
-	cmd      *kingpin.CmdClause
-	from     *string
-	duration *time.Duration
-	tracer   *tracerFlags
-	output   *string
-	defaults *defaultsFlag
+	cmd         *kingpin.CmdClause
+	from        *string
+	duration    *time.Duration
+	tracer      *tracerFlags
+	chainWindow *time.Duration
+	output      *string
+	defaults    *defaultsFlag
 }
 
 func newRecommendCommand(app *kingpin.Application) *recommendCommand {
 	c := &recommendCommand{cmd: app.Command("recommend", "Print recommended verifier-log buffer sizes per loader: from a running exporter (--from) or by tracing for --duration.")}
 	c.from = c.cmd.Flag("from", "A running exporter's URL (e.g. http://node:9435); its /recommendations is read.").String()
-	c.duration = c.cmd.Flag("duration", "Without --from: trace this long, then report.").Default("60s").Duration()
+	c.duration = c.cmd.Flag("duration", "Without --from: trace this long (or until SIGINT or SIGTERM), then report.").Default("60s").Duration()
 	c.tracer = addTracerFlags(c.cmd)
+	c.chainWindow = addChainWindowFlag(c.cmd)
 	c.output = c.cmd.Flag("output", "table or json.").Short('o').Default("table").Enum("table", "json")
 	c.defaults = addDefaultsFlag(c.cmd)
 	return c
 }
 
 func (c *recommendCommand) run(ctx context.Context, logger *slog.Logger, out io.Writer) error {
-	var rec otel.Recommendations
+	var rep report
 	if *c.from != "" {
 		var err error
-		if rec, err = fetchRecommendations(ctx, *c.from); err != nil {
+		if rep, err = fetchRecommendations(ctx, *c.from); err != nil {
 			return err
 		}
 	} else {
-		tr, err := tracer.New(c.tracer.options())
-		if err != nil {
+		var err error
+		if rep, err = c.trace(ctx, logger); err != nil {
 			return err
 		}
-		defer tr.Close()
-		logAttach(logger, tr)
-		pipe, err := otel.New(otel.Config{MeterProvider: noop.NewMeterProvider(), Clock: tr.Clock(), Defaults: c.defaults.all()})
-		if err != nil {
-			return err
-		}
-		traceCtx, cancel := context.WithTimeout(ctx, *c.duration)
-		defer cancel()
-		logger.Info("tracing", "duration", *c.duration)
-		if err := tr.Run(traceCtx, pipe.Handle); err != nil {
-			return err
-		}
-		pipe.Flush()
-		rec = pipe.Recommendations()
 	}
 	if *c.output == "json" {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rec)
+		return enc.Encode(rep)
 	}
-	return writeRecommendations(out, rec)
+	return writeRecommendations(out, rep)
 }
 
-func fetchRecommendations(ctx context.Context, base string) (otel.Recommendations, error) {
-	var rec otel.Recommendations
+// trace attaches for --duration (or until SIGINT/SIGTERM) and reports what
+// it saw. The chains still open at the end are ended then, with what they
+// proved, and counted as open.
+func (c *recommendCommand) trace(ctx context.Context, logger *slog.Logger) (report, error) {
+	tr, err := tracer.New(c.tracer.options())
+	if err != nil {
+		return report{}, err
+	}
+	defer tr.Close()
+	logAttach(logger, tr)
+	pipe, err := otel.New(otel.Config{MeterProvider: noop.NewMeterProvider(), Clock: tr.Clock(), ChainWindow: *c.chainWindow, Defaults: c.defaults.all()})
+	if err != nil {
+		return report{}, err
+	}
+	traceCtx, cancel := context.WithTimeout(ctx, *c.duration)
+	defer cancel()
+	logger.Info("tracing", "duration", *c.duration)
+	start := time.Now()
+	if err := tr.Run(traceCtx, pipe.Handle); err != nil {
+		return report{}, err
+	}
+	observed := time.Since(start)
+	// Chains whose window has passed are ended, not open.
+	pipe.Sweep(tracer.MonotonicNow())
+	ended := pipe.Recommendations()
+	pipe.Flush()
+	rep := newReport(pipe.Recommendations())
+	rep.ObservedSeconds = min(rep.WindowSeconds, observed.Seconds())
+	rep.traced = true
+	before := map[string]uint64{}
+	for _, l := range ended.Loaders {
+		before[l.Command+" "+l.Loader] = l.Loads
+	}
+	for i := range rep.Loaders {
+		l := &rep.Loaders[i]
+		open := l.Loads - before[l.Command+" "+l.Loader]
+		l.OpenChains = &open
+	}
+	return rep, nil
+}
+
+// report is what `recommend` prints and /recommendations serves: otel's
+// recommendations, how long the loads were actually watched, and, where
+// known, the chains still open.
+type report struct {
+	// WindowSeconds is the window recommendations look back over
+	// (--recommend-window).
+	WindowSeconds float64 `json:"window_seconds"`
+	// ObservedSeconds is how much of it was watched: the trace's own
+	// duration, or the time since the serving exporter attached, at most
+	// the window. 0: not said (an older exporter).
+	ObservedSeconds float64        `json:"observed_seconds,omitempty"`
+	Loaders         []loaderReport `json:"loaders"`
+
+	traced bool // made by `recommend --duration`, not fetched
+}
+
+type loaderReport struct {
+	otel.LoaderReport
+	// OpenChains are the chains among Loads that were still open when the
+	// report was made (a retry could still have come); they count with
+	// what they proved, e.g. a need above the buffer that got ENOSPC. nil:
+	// not known (a serving exporter does not report them per loader).
+	OpenChains *uint64 `json:"open_chains,omitempty"`
+}
+
+func newReport(r otel.Recommendations) report {
+	out := report{WindowSeconds: r.WindowSeconds, Loaders: make([]loaderReport, len(r.Loaders))}
+	for i, l := range r.Loaders {
+		out.Loaders[i] = loaderReport{LoaderReport: l}
+	}
+	return out
+}
+
+func fetchRecommendations(ctx context.Context, base string) (report, error) {
+	var rep report
 	url := strings.TrimSuffix(base, "/")
 	if !strings.HasSuffix(url, "/recommendations") {
 		url += "/recommendations"
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return rec, err
+		return rep, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return rec, err
+		return rep, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return rec, fmt.Errorf("GET %s: %s", url, resp.Status)
+		return rep, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&rec); err != nil {
-		return rec, fmt.Errorf("GET %s: %w", url, err)
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		return rep, fmt.Errorf("GET %s: %w", url, err)
 	}
-	return rec, nil
+	return rep, nil
+}
+
+// seconds prints a report's durations: whole seconds, or milliseconds
+// below ten seconds.
+func seconds(s float64) string {
+	d := time.Duration(s * float64(time.Second))
+	if d < 10*time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}
+
+// windowLine says which span of time the figures cover.
+func windowLine(r report) string {
+	window := seconds(r.WindowSeconds)
+	switch {
+	case r.traced:
+		return "Window: " + seconds(r.ObservedSeconds) + ", traced by this command"
+	case r.ObservedSeconds == 0:
+		return "Window: at most " + window + " (the exporter's --recommend-window; it does not say how long it has watched)"
+	case r.ObservedSeconds < r.WindowSeconds:
+		return "Window: " + seconds(r.ObservedSeconds) + ", since the exporter attached (its --recommend-window is " + window + ")"
+	}
+	return "Window: " + window + " (the exporter's --recommend-window)"
+}
+
+// needCells are a loader's MAX_NEED and RECOMMENDED cells. Where a chain's
+// need stayed unknown, its proven lower bound ("above N": the largest
+// buffer that got ENOSPC) shows wherever it exceeds what the known needs
+// say.
+func needCells(l otel.LoaderReport) (maxNeed, recommended string) {
+	above := uint64(0)
+	if l.UnknownNeeds > 0 {
+		above = uint64(l.UnknownNeedAboveBytes)
+	}
+	maxNeed, recommended = "?", "?"
+	if l.NeedsKnown > 0 {
+		maxNeed = humanBytes(uint64(l.NeedMaxBytes))
+	}
+	if above > 0 && (l.NeedsKnown == 0 || above >= uint64(l.NeedMaxBytes)) {
+		maxNeed = ">" + humanBytes(above)
+	}
+	if r, ok := l.Recommended["1"]; ok {
+		recommended = humanBytes(r)
+	}
+	if above > 0 {
+		if r, ok := l.Recommended["1"]; !ok || above >= r {
+			recommended = ">" + humanBytes(above)
+		}
+	}
+	return maxNeed, recommended
 }
 
 // writeRecommendations prints the table an SRE pastes into a ticket, then
-// what each default would have done.
-func writeRecommendations(w io.Writer, rec otel.Recommendations) error {
-	const row = "%-13s %-16s %7s %9s %9s %9s %9s %12s %12s  %s\n"
-	fmt.Fprintf(w, "Window: %v\n\n", time.Duration(rec.WindowSeconds*float64(time.Second)))
-	fmt.Fprintf(w, row, "COMMAND", "LOADER", "LOADS", "TRUNCATED", "P50_NEED", "P99_NEED", "MAX_NEED", "RECOMMENDED", "TYPICAL_BUF", "VERDICT")
-	for _, l := range rec.Loaders {
-		p50, p99, maxNeed, recommended := "?", "?", "?", "?"
+// what each default would have done. Every line but the table's fits 100
+// columns; the table's do unless a verdict is long.
+func writeRecommendations(w io.Writer, rep report) error {
+	bw := bufio.NewWriter(w)
+	fmt.Fprintf(bw, "%s\n\n", windowLine(rep))
+	open := false
+	for _, l := range rep.Loaders {
+		open = open || l.OpenChains != nil
+	}
+	row := func(cmd, loader, loads, openCell, trunc, p50, p99, maxNeed, rec, buf, verdict string) {
+		fmt.Fprintf(bw, "%-4s %-15s %5s ", cmd, loader, loads)
+		if open {
+			fmt.Fprintf(bw, "%4s ", openCell)
+		}
+		fmt.Fprintf(bw, "%5s %8s %8s %9s %9s %10s  %s\n", trunc, p50, p99, maxNeed, rec, buf, verdict)
+	}
+	row("CMD", "LOADER", "LOADS", "OPEN", "TRUNC", "P50_NEED", "P99_NEED", "MAX_NEED", "RECOMMEND", "COMMON_BUF", "VERDICT")
+	for _, l := range rep.Loaders {
+		p50, p99 := "?", "?"
 		if l.NeedsKnown > 0 {
 			p50, p99 = "≤"+humanBytes(l.NeedP50Bytes), "≤"+humanBytes(l.NeedP99Bytes)
-			maxNeed = humanBytes(uint64(l.NeedMaxBytes))
 		}
-		if r, ok := l.Recommended["1"]; ok {
-			recommended = humanBytes(r)
-		} else if l.UnknownNeedAboveBytes > 0 {
-			recommended = ">" + humanBytes(uint64(l.UnknownNeedAboveBytes))
-		}
-		typical := "-"
+		maxNeed, recommended := needCells(l.LoaderReport)
+		buf := "-"
 		if l.TypicalBufferBytes > 0 {
-			typical = humanBytes(uint64(l.TypicalBufferBytes))
+			buf = humanBytes(uint64(l.TypicalBufferBytes))
 		}
-		fmt.Fprintf(w, row, clip(l.Command, 13), clip(l.Loader, 16), strconv.FormatUint(l.Loads, 10), strconv.FormatUint(l.Truncated, 10),
-			p50, p99, maxNeed, recommended, typical, l.Verdict)
+		openCell := "?"
+		if l.OpenChains != nil {
+			openCell = strconv.FormatUint(*l.OpenChains, 10)
+		}
+		row(shortCommand(l.Command), clip(l.Loader, 15), strconv.FormatUint(l.Loads, 10), openCell, strconv.FormatUint(l.Truncated, 10),
+			p50, p99, maxNeed, recommended, buf, l.Verdict)
 	}
-	fmt.Fprintf(w, "\nWhat each default would have done to the logs seen (truncated share / average unused bytes per load):\n")
-	for _, l := range rec.Loaders {
+	fmt.Fprintln(bw)
+	fmt.Fprintln(bw, "LOADS: logical loads (retry chains) ended; TRUNC: attempts that got ENOSPC.")
+	if open {
+		fmt.Fprintln(bw, "OPEN: of LOADS, chains still open when the trace ended: a retry could have come later.")
+	}
+	fmt.Fprintln(bw, "P50/P99_NEED: power-of-two bounds of the needs measured; MAX_NEED is exact; >N: a need")
+	fmt.Fprintln(bw, "  nobody measured is above N, the largest buffer that got ENOSPC.")
+	fmt.Fprintln(bw, "RECOMMEND: the smallest power of two that held every log. COMMON_BUF: the log_size most")
+	fmt.Fprintln(bw, "  attempts passed, retries included (a retrying loader's first size is its default).")
+
+	fmt.Fprintln(bw)
+	fmt.Fprintln(bw, "What each default would have done to the logs whose need is known:")
+	for _, l := range rep.Loaders {
 		if l.NeedsKnown == 0 {
 			continue
 		}
-		fmt.Fprintf(w, "%s %s:", l.Command, l.Loader)
-		for _, d := range l.Defaults {
-			fmt.Fprintf(w, "  %s %s: %.1f%% / %s", d.Name, humanBytes(uint64(d.Bytes)), 100*d.TruncatedFraction, humanBytes(uint64(d.AvgWasteBytes)))
+		loads := "loads"
+		if l.NeedsKnown == 1 {
+			loads = "load"
 		}
-		fmt.Fprintln(w)
+		fmt.Fprintf(bw, "%s %s (%d %s):\n", shortCommand(l.Command), l.Loader, l.NeedsKnown, loads)
+		for _, d := range l.Defaults {
+			unused := "-" // it held none
+			if d.TruncatedFraction < 1 {
+				unused = humanBytes(uint64(d.AvgWasteBytes))
+			}
+			fmt.Fprintf(bw, "  %-24s %9s  truncates %6.1f%%  leaves %9s unused per load it held\n", clip(d.Name, 24), humanBytes(uint64(d.Bytes)), 100*d.TruncatedFraction, unused)
+		}
 	}
-	return nil
+	return bw.Flush()
+}
+
+// shortCommand is PROG or BTF, as in `exporter trace`.
+func shortCommand(c string) string {
+	switch c {
+	case tracer.CmdProgLoad.String():
+		return "PROG"
+	case tracer.CmdBTFLoad.String():
+		return "BTF"
+	}
+	return c
 }

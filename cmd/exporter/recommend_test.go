@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/verifierlog/exporter/internal/kerneltest"
 	"github.com/verifierlog/exporter/internal/loadgen"
@@ -121,12 +123,13 @@ func lineWith(out []byte, s string) string {
 	return ""
 }
 
-// TestRecommendTracesForDuration runs `exporter recommend --duration` and
-// loads while it traces.
-func TestRecommendTracesForDuration(t *testing.T) {
-	kerneltest.Require(t)
-	bin := buildExporter(t)
-	cmd := exec.Command(bin, "recommend", "--duration=5s", "--output=json", "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+// recommendWhileLoading runs `exporter recommend --duration=10m` with
+// args, calls load once it has attached, then ends the trace with SIGINT;
+// it returns the output. The chain window is an hour: a chain that has
+// not ended is still open at the end, however slow the machine.
+func recommendWhileLoading(t *testing.T, bin string, load func(), args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"recommend", "--duration=10m", "--chain-window=1h", "--attach=" + envOr("VERIFIERLOG_TEST_ATTACH", "auto")}, args...)...)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	stderr, err := cmd.StderrPipe()
@@ -146,24 +149,161 @@ func TestRecommendTracesForDuration(t *testing.T) {
 		log = append(log, buf[:n]...)
 	}
 	go func() { _, _ = bytes.NewBuffer(nil).ReadFrom(stderr) }()
-	rs, err := loadgen.Imitate(loadgen.CiliumEBPF, loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 1500, Name: "vlog_dur", LogLevel: 2, Comm: "dur-imit"})
-	if err != nil || len(rs) != 2 {
-		t.Fatalf("imitated load: %v, %d attempts", err, len(rs))
+	load()
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exporter recommend: %v", err)
 	}
-	var rec otel.Recommendations
-	if err := json.Unmarshal(stdout.Bytes(), &rec); err != nil {
-		t.Fatalf("output is not JSON: %v\n%s", err, stdout.String())
-	}
-	for _, l := range rec.Loaders {
-		if l.Loader == "dur-imit" {
-			if l.Loads != 1 || l.Truncated != 1 || l.NeedMaxBytes != uint32(len(rs[1].Log))+1 {
-				t.Errorf("dur-imit: %+v", l)
-			}
-			return
+	return stdout.Bytes()
+}
+
+// TestRecommendTracesForDuration runs `exporter recommend --duration`, ended
+// early by SIGINT, and loads while it traces: a cilium/ebpf-style chain
+// that ends, and an ENOSPC with no log_true_size (attr size 128) and no
+// retry, whose chain is still open when the trace ends. The report covers
+// the time traced, not the 24 h window, and shows the open chain with the
+// need it proved ("above 256 B") in the table too.
+func TestRecommendTracesForDuration(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	var rs []loadgen.Result
+	load := func() {
+		var err error
+		rs, err = loadgen.Imitate(loadgen.CiliumEBPF, loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 1500, Name: "vlog_dur", LogLevel: 2, Comm: "dur-imit"})
+		if err != nil || len(rs) != 2 {
+			t.Fatalf("imitated load: %v, %d attempts", err, len(rs))
+		}
+		r, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 64, Name: "vlog_dur_open", LogLevel: 2, LogSize: 256, AttrSize: 128, Comm: "dur-open"})
+		if err != nil || r.Errno != syscall.ENOSPC {
+			t.Fatalf("ENOSPC load: %v %v", r.Errno, err)
 		}
 	}
-	t.Fatalf("no dur-imit in %s", stdout.String())
+
+	out := recommendWhileLoading(t, bin, load, "--output=json")
+	var rec struct {
+		otel.Recommendations
+		ObservedSeconds float64 `json:"observed_seconds"`
+		Loaders         []struct {
+			otel.LoaderReport
+			OpenChains *uint64 `json:"open_chains"`
+		} `json:"loaders"`
+	}
+	if err := json.Unmarshal(out, &rec); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, out)
+	}
+	if rec.WindowSeconds != otel.DefaultRecommendWindow.Seconds() || rec.ObservedSeconds <= 0 || rec.ObservedSeconds >= 600 {
+		t.Errorf("window %vs, observed %vs: want the time traced, ended by SIGINT before --duration=10m", rec.WindowSeconds, rec.ObservedSeconds)
+	}
+	byLoader := map[string]int{}
+	for i, l := range rec.Loaders {
+		byLoader[l.Loader] = i
+	}
+	if i, ok := byLoader["dur-imit"]; !ok {
+		t.Errorf("no dur-imit in %s", out)
+	} else if l := rec.Loaders[i]; l.Loads != 1 || l.Truncated != 1 || l.NeedMaxBytes != uint32(len(rs[1].Log))+1 || l.OpenChains == nil || *l.OpenChains != 0 {
+		t.Errorf("dur-imit: %+v open %v", l.LoaderReport, l.OpenChains)
+	}
+	if i, ok := byLoader["dur-open"]; !ok {
+		t.Errorf("no dur-open in %s", out)
+	} else if l := rec.Loaders[i]; l.Loads != 1 || l.UnknownNeeds != 1 || l.UnknownNeedAboveBytes != 256 || l.OpenChains == nil || *l.OpenChains != 1 {
+		t.Errorf("dur-open: %+v open %v, want one open chain whose need is above 256", l.LoaderReport, l.OpenChains)
+	}
+
+	out = recommendWhileLoading(t, bin, load)
+	first, _, _ := strings.Cut(string(out), "\n")
+	if !strings.HasPrefix(first, "Window: ") || !strings.HasSuffix(first, ", traced by this command") || strings.Contains(first, "24h") {
+		t.Errorf("window line %q, want the time traced", first)
+	}
+	if f := strings.Fields(lineWith(out, "dur-open")); len(f) < 9 || f[3] != "1" || f[7] != ">256B" || f[8] != ">256B" {
+		t.Errorf("dur-open row %q: want OPEN 1 and MAX_NEED, RECOMMEND >256B\n%s", lineWith(out, "dur-open"), out)
+	}
+}
+
+// TestRecommendTable checks the printed report without a kernel: the
+// window line says what was watched, a need nobody measured shows its
+// lower bound where it exceeds the known ones, and the lines of what each
+// default would do fit 100 columns.
+func TestRecommendTable(t *testing.T) {
+	defaults := func(known uint64) []otel.DefaultReport {
+		var out []otel.DefaultReport
+		for _, d := range append(otel.WellKnownDefaults, otel.Default{Name: "a-very-long-team-default-name-indeed", Bytes: 1<<32 - 1}) {
+			out = append(out, otel.DefaultReport{Default: d, TruncatedFraction: 0.5, AvgWasteBytes: 123456789})
+		}
+		return out
+	}
+	zero, one := uint64(0), uint64(1)
+	rep := report{WindowSeconds: 86400, ObservedSeconds: 20, traced: true, Loaders: []loaderReport{
+		{LoaderReport: otel.LoaderReport{Command: "BPF_PROG_LOAD", Loader: "cilium-agent", Loads: 3, NeedsKnown: 3, Truncated: 3,
+			NeedP50Bytes: 131072, NeedP99Bytes: 131072, NeedMaxBytes: 122880, Recommended: map[string]uint64{"1": 131072, "0.99": 131072},
+			TypicalBufferBytes: 65536, Verdict: "undersized", Defaults: defaults(3)}, OpenChains: &zero},
+		{LoaderReport: otel.LoaderReport{Command: "BPF_PROG_LOAD", Loader: "mixed", Loads: 3, NeedsKnown: 2, Truncated: 1,
+			NeedP50Bytes: 4096, NeedP99Bytes: 4096, NeedMaxBytes: 3000, Recommended: map[string]uint64{"1": 4096, "0.99": 4096},
+			TypicalBufferBytes: 65536, Verdict: "undersized", UnknownNeeds: 1, UnknownNeedAboveBytes: 65536, Defaults: defaults(2)}, OpenChains: &one},
+		{LoaderReport: otel.LoaderReport{Command: "BPF_BTF_LOAD", Loader: "bpftool", Loads: 1, Truncated: 1,
+			TypicalBufferBytes: 256, Verdict: "undersized", UnknownNeeds: 1, UnknownNeedAboveBytes: 256, Defaults: defaults(0)}, OpenChains: &one},
+		{LoaderReport: otel.LoaderReport{Command: "BPF_PROG_LOAD", Loader: "bigbuf", Loads: 9, NeedsKnown: 9,
+			NeedP50Bytes: 8192, NeedP99Bytes: 8192, NeedMaxBytes: 5000, Recommended: map[string]uint64{"1": 8192, "0.99": 8192},
+			TypicalBufferBytes: 1<<24 - 1, Verdict: "oversized by 2048x", Defaults: defaults(9)}, OpenChains: &zero},
+	}}
+	var buf bytes.Buffer
+	if err := writeRecommendations(&buf, rep); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.Bytes()
+	t.Logf("\n%s", out)
+	if first, _, _ := strings.Cut(string(out), "\n"); first != "Window: 20s, traced by this command" {
+		t.Errorf("window line %q", first)
+	}
+	row := func(loader string) []string { return strings.Fields(lineWith(out, loader)) }
+	// CMD LOADER LOADS OPEN TRUNC P50 P99 MAX RECOMMEND BUF VERDICT
+	if f := row("mixed"); len(f) < 11 || f[3] != "1" || f[7] != ">64KiB" || f[8] != ">64KiB" {
+		t.Errorf("mixed: %v; want 1 open, and the bound 64 KiB above the known max and recommendation", f)
+	}
+	if f := row("bpftool"); len(f) < 11 || f[0] != "BTF" || f[5] != "?" || f[7] != ">256B" || f[8] != ">256B" {
+		t.Errorf("bpftool: %v; want no known need and the bound >256B", f)
+	}
+	if f := row("cilium-agent"); len(f) < 11 || f[7] != "120KiB" || f[8] != "128KiB" || f[9] != "64KiB" {
+		t.Errorf("cilium-agent: %v", f)
+	}
+	_, defaultsPart, ok := strings.Cut(string(out), "What each default would have done")
+	if !ok {
+		t.Fatalf("no defaults section")
+	}
+	for _, l := range strings.Split(defaultsPart, "\n") {
+		if n := utf8.RuneCountInString(l); n > 100 {
+			t.Errorf("%d columns: %q", n, l)
+		}
+	}
+	if strings.Contains(defaultsPart, "bpftool") {
+		t.Errorf("a loader with no known need in the defaults section:\n%s", defaultsPart)
+	}
+
+	for _, tc := range []struct {
+		r    report
+		want string
+	}{
+		{report{WindowSeconds: 86400, ObservedSeconds: 192}, "Window: 3m12s, since the exporter attached (its --recommend-window is 24h0m0s)"},
+		{report{WindowSeconds: 86400, ObservedSeconds: 86400}, "Window: 24h0m0s (the exporter's --recommend-window)"},
+		{report{WindowSeconds: 86400}, "Window: at most 24h0m0s (the exporter's --recommend-window; it does not say how long it has watched)"},
+		{report{WindowSeconds: 86400, ObservedSeconds: 1.25, traced: true}, "Window: 1.25s, traced by this command"},
+	} {
+		if got := windowLine(tc.r); got != tc.want {
+			t.Errorf("windowLine(%+v) = %q, want %q", tc.r, got, tc.want)
+		}
+	}
+	// Without open-chain counts (a serving exporter's report) the column
+	// is left out.
+	buf.Reset()
+	rep.traced, rep.ObservedSeconds = false, 600
+	for i := range rep.Loaders {
+		rep.Loaders[i].OpenChains = nil
+	}
+	if err := writeRecommendations(&buf, rep); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "OPEN") {
+		t.Errorf("an OPEN column without open-chain counts:\n%s", buf.String())
+	}
 }
