@@ -3,10 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"net"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -16,14 +13,15 @@ import (
 
 // Capabilities after attach. Once the programs are attached, nothing the
 // exporter does needs a capability: the ring buffer, the maps and the links
-// are file descriptors it already holds. It keeps CAP_BPF and CAP_PERFMON
-// (those of them it has), as the deployment documents, and
-// CAP_NET_BIND_SERVICE only while a listen address needs it. Capabilities
-// are per thread in Linux; libcap's psx changes every thread of the Go
-// runtime at once, in cgo and static builds alike.
+// are file descriptors it already holds, and serve has bound its listeners
+// before attaching (a port below 1024 needs no CAP_NET_BIND_SERVICE
+// later). It keeps CAP_BPF and CAP_PERFMON (those of them it has), as the
+// deployment documents. Capabilities are per thread in Linux; libcap's psx
+// changes every thread of the Go runtime at once, in cgo and static builds
+// alike.
 
 func addDropCapabilitiesFlag(cmd *kingpin.CmdClause) *bool {
-	return cmd.Flag("drop-capabilities", "After attaching, drop every capability but CAP_BPF and CAP_PERFMON (and CAP_NET_BIND_SERVICE for a listen port below the unprivileged start) from every thread, clear the ambient and inheritable sets, shrink the bounding set where CAP_SETPCAP allows, and set no_new_privs.").Default("true").Bool()
+	return cmd.Flag("drop-capabilities", "After attaching, drop every capability but CAP_BPF and CAP_PERFMON from every thread, clear the ambient and inheritable sets, shrink the bounding set where CAP_SETPCAP allows, and set no_new_privs.").Default("true").Bool()
 }
 
 // capsDropped describes what dropCapabilities did, for the log.
@@ -37,16 +35,13 @@ type capsDropped struct {
 
 // dropCapabilities reduces every thread's capabilities to the ones the
 // exporter keeps.
-func dropCapabilities(needNetBind bool) (capsDropped, error) {
+func dropCapabilities() (capsDropped, error) {
 	var d capsDropped
 	have, err := cap.GetPID(0)
 	if err != nil {
 		return d, fmt.Errorf("read capabilities: %w", err)
 	}
 	wanted := []cap.Value{cap.BPF, cap.PERFMON}
-	if needNetBind {
-		wanted = append(wanted, cap.NET_BIND_SERVICE)
-	}
 	keep := cap.NewSet()
 	for v := cap.Value(0); v < cap.MaxBits(); v++ {
 		permitted, err := have.GetFlag(cap.Permitted, v)
@@ -65,6 +60,9 @@ func dropCapabilities(needNetBind bool) (capsDropped, error) {
 			return d, err
 		}
 	}
+
+	// Named as the documentation names them: CAP_BPF, CAP_PERFMON.
+	slices.SortFunc(d.Kept, func(a, b cap.Value) int { return slices.Index(wanted, a) - slices.Index(wanted, b) })
 
 	// The bounding set first: shrinking it needs CAP_SETPCAP, which the
 	// last step drops.
@@ -93,50 +91,35 @@ func dropCapabilities(needNetBind bool) (capsDropped, error) {
 	return d, nil
 }
 
-// dropCapabilitiesAndLog drops them if enabled and says what it did. A
-// failure is logged, not fatal: the exporter works either way.
-func dropCapabilitiesAndLog(logger *slog.Logger, enabled bool, listenAddrs []string) {
+// dropCapabilitiesAndLog drops them if enabled and says what it kept; the
+// list of what it dropped is logged at debug level. A failure is logged,
+// not fatal: the exporter works either way.
+func dropCapabilitiesAndLog(logger *slog.Logger, enabled bool) {
 	if !enabled {
 		logger.Info("keeping all capabilities (--no-drop-capabilities)")
 		return
 	}
-	d, err := dropCapabilities(needsNetBind(listenAddrs))
+	d, err := dropCapabilities()
 	if err != nil {
 		logger.Warn("cannot drop capabilities", "err", err)
 		return
 	}
-	logger.Info("capabilities dropped", "kept", capNames(d.Kept), "dropped", capNames(d.Dropped), "bounding_set_kept", d.BoundingKept)
+	attrs := []any{"kept", capNames(d.Kept)}
+	if d.BoundingKept {
+		attrs = append(attrs, "bounding_set", "unchanged (no CAP_SETPCAP; no_new_privs is set)")
+	}
+	logger.Info("capabilities dropped", attrs...)
+	logger.Debug("capabilities dropped: the full list", "dropped", capNames(d.Dropped))
 }
 
+// capNames are vs as the kernel's headers spell them: CAP_BPF,CAP_PERFMON.
 func capNames(vs []cap.Value) string {
+	if len(vs) == 0 {
+		return "none"
+	}
 	names := make([]string, len(vs))
 	for i, v := range vs {
-		names[i] = v.String()
+		names[i] = strings.ToUpper(v.String())
 	}
 	return strings.Join(names, ",")
-}
-
-// needsNetBind reports whether a TCP listen address has a port below the
-// kernel's unprivileged start (1024 unless sysctl says otherwise). Port 0
-// picks a free high port.
-func needsNetBind(addrs []string) bool {
-	start := 1024
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start"); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			start = n
-		}
-	}
-	for _, a := range addrs {
-		if strings.HasPrefix(a, "vsock://") {
-			continue
-		}
-		_, port, err := net.SplitHostPort(a)
-		if err != nil {
-			continue
-		}
-		if p, err := net.LookupPort("tcp", port); err == nil && p > 0 && p < start {
-			return true
-		}
-	}
-	return false
 }

@@ -35,9 +35,8 @@ func monoNow() uint64 {
 
 // Capability bits (linux/capability.h).
 const (
-	capNetBindService = 10
-	capPerfmon        = 38
-	capBPF            = 39
+	capPerfmon = 38
+	capBPF     = 39
 )
 
 // threadCaps reads the capability sets and no_new_privs of every thread of
@@ -115,8 +114,12 @@ func TestServeDropsCapabilitiesOnEveryThreadAndKeepsWorking(t *testing.T) {
 		t.Fatalf("no programs held: %v", err)
 	}
 	wantThreadCaps(t, s.cmd.Process.Pid, 1<<capBPF|1<<capPerfmon, true)
-	if !strings.Contains(s.log(), "msg=\"capabilities dropped\"") {
-		t.Errorf("no log of the drop:\n%s", s.log())
+	// At info, the log names what was kept; what was dropped only at debug.
+	if line := s.waitLog(`msg="capabilities dropped"`); !strings.Contains(line, "kept=CAP_BPF,CAP_PERFMON") || strings.Contains(line, "CAP_SYS_ADMIN") {
+		t.Errorf("the drop's log line at info: %q, want kept=CAP_BPF,CAP_PERFMON and not the dropped list\n%s", line, s.log())
+	}
+	if strings.Contains(s.log(), "dropped=") {
+		t.Errorf("the full list at info level:\n%s", s.log())
 	}
 	for i := range 3 {
 		r, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: fmt.Sprintf("vlog_caps%d", i)})
@@ -131,7 +134,58 @@ func TestServeDropsCapabilitiesOnEveryThreadAndKeepsWorking(t *testing.T) {
 	}
 }
 
-func TestServeKeepsNetBindServiceOnlyForAPrivilegedPort(t *testing.T) {
+// waitLog waits until the exporter's stderr, read as it comes, has a line
+// with s, and returns it ("" if it exits first, or after hangGuard).
+func (s *runningServer) waitLog(sub string) string {
+	s.t.Helper()
+	deadline := time.Now().Add(hangGuard)
+	for {
+		line := logLine(s.log(), sub)
+		select {
+		case <-s.done:
+			return logLine(s.log(), sub)
+		default:
+		}
+		if line != "" || time.Now().After(deadline) {
+			return line
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// logLine is the first line of log that contains s, or "".
+func logLine(log, s string) string {
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	return ""
+}
+
+// TestCapabilityDropListsWhatWasDroppedAtDebug: --log.level=debug adds the
+// full list of what was dropped.
+func TestCapabilityDropListsWhatWasDroppedAtDebug(t *testing.T) {
+	kerneltest.Require(t)
+	if os.Geteuid() != 0 {
+		kerneltest.Unavailable(t, "needs root to start with every capability")
+	}
+	bin := buildExporter(t)
+	rt := startTrace(t, bin, "--log.level=debug", "trace", "--output", "json", "--attach", envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	rt.stop()
+	if line := logLine(rt.log(), "msg=\"capabilities dropped: the full list\""); !strings.Contains(line, "level=DEBUG") || !strings.Contains(line, "CAP_SYS_ADMIN") {
+		t.Errorf("no debug line with the dropped capabilities:\n%s", rt.log())
+	}
+	if line := logLine(rt.log(), `msg="capabilities dropped"`); !strings.Contains(line, "kept=CAP_BPF,CAP_PERFMON") {
+		t.Errorf("the drop's info line: %q\n%s", line, rt.log())
+	}
+}
+
+// TestServeBindsAPrivilegedPortWithoutKeepingNetBindService: serve binds
+// its listeners before it attaches, so a port below the unprivileged start
+// needs CAP_NET_BIND_SERVICE only then; after the drop it keeps CAP_BPF
+// and CAP_PERFMON alone, and serves. --no-drop-capabilities keeps all.
+func TestServeBindsAPrivilegedPortWithoutKeepingNetBindService(t *testing.T) {
 	kerneltest.Require(t)
 	if os.Geteuid() != 0 {
 		kerneltest.Unavailable(t, "needs root to start with every capability")
@@ -156,7 +210,10 @@ func TestServeKeepsNetBindServiceOnlyForAPrivilegedPort(t *testing.T) {
 	bin := buildExporter(t)
 	s := &runningServer{t: t, addr: addr, base: "http://" + addr, done: make(chan struct{}), client: http.DefaultClient}
 	s.start(bin, nil, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
-	wantThreadCaps(t, s.cmd.Process.Pid, 1<<capBPF|1<<capPerfmon|1<<capNetBindService, true)
+	wantThreadCaps(t, s.cmd.Process.Pid, 1<<capBPF|1<<capPerfmon, true)
+	if _, err := s.get("/metrics"); err != nil {
+		t.Errorf("serving on %s after the drop: %v", addr, err)
+	}
 	s.stop()
 
 	keep := startServer(t, bin, nil, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"), "--no-drop-capabilities")

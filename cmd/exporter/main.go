@@ -14,22 +14,70 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/common/promslog"
+	promslogflag "github.com/prometheus/common/promslog/flag"
+	promversion "github.com/prometheus/common/version"
+
+	"github.com/verifierlog/exporter/otel"
 )
+
+// version is set at build time with -ldflags "-X main.version=...". A
+// plain `go build` leaves it empty and the module version Go stamped from
+// the checkout is used (buildInfo).
+var version = ""
+
+// buildInfo is this binary's version and revision, the same for --version
+// and verifierlog_exporter_build_info: -X main.version (or
+// prometheus/common/version's -X variables) where the build set them,
+// otherwise what `go build` stamped: the module version from the VCS tag,
+// or a pseudo-version for an untagged commit, and vcs.revision.
+var buildInfo = sync.OnceValue(func() otel.BuildInfo {
+	v := version
+	if v == "" {
+		v = promversion.Version
+	}
+	b := otel.ReadBuildInfo(v)
+	if promversion.Revision != "" {
+		b.Revision = promversion.Revision
+	}
+	promversion.Version, promversion.Revision = b.Version, b.Revision
+	for _, v := range []*string{&promversion.Branch, &promversion.BuildUser, &promversion.BuildDate} {
+		if *v == "" {
+			*v = "unknown"
+		}
+	}
+	return b
+})
+
+// usageTemplate is kingpin's, plus, for `exporter --help`, the flags of the
+// default command: `exporter --flag` is `exporter serve --flag`.
+var usageTemplate = kingpin.DefaultUsageTemplate + `{{if not .Context.SelectedCommand -}}
+{{range .App.Commands}}{{if .Default}}
+Flags of {{.FullCommand}}, the default command ({{$.App.Name}} --flag is {{$.App.Name}} {{.FullCommand}} --flag):
+{{.Flags|FlagsToTwoColumns|FormatTwoColumns}}
+{{end}}{{end -}}
+{{end -}}
+`
 
 func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
 func run(args []string) int {
+	build := buildInfo()
 	app := kingpin.New("exporter", "Watches every BPF program and BTF load on this node and reports whether the verifier-log buffers fit.")
 	app.HelpFlag.Short('h')
-	logLevel := app.Flag("log.level", "Log level: debug, info, warn, error.").Default("info").Enum("debug", "info", "warn", "error")
+	app.UsageWriter(os.Stdout)
+	app.UsageTemplate(usageTemplate)
+	app.Version(promversion.Print("exporter"))
+	logConfig := &promslog.Config{Writer: os.Stderr}
+	promslogflag.AddFlags(app, logConfig)
 
 	serve := newServeCommand(app)
 	trace := newTraceCommand(app)
@@ -41,14 +89,14 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "exporter: %v (see exporter --help)\n", err)
 		return 2
 	}
-	logger := newLogger(*logLevel)
+	logger := promslog.New(logConfig)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	switch cmd {
 	case serve.cmd.FullCommand():
-		err = serve.run(ctx, logger)
+		err = serve.run(ctx, logger, build)
 	case trace.cmd.FullCommand():
 		err = trace.run(ctx, logger, os.Stdout)
 	case rec.cmd.FullCommand():
@@ -61,10 +109,4 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
-}
-
-func newLogger(level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 }

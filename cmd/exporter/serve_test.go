@@ -57,10 +57,18 @@ func startServer(t *testing.T, bin string, env []string, args ...string) *runnin
 }
 
 func (s *runningServer) start(bin string, env []string, args ...string) *runningServer {
+	s.t.Helper()
+	cmd := exec.Command(bin, append([]string{"--web.listen-address=" + s.addr}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	return s.startCmd(cmd)
+}
+
+// startCmd starts cmd, an exporter serving on s.addr (or a wrapper that
+// execs one), and waits for /healthz.
+func (s *runningServer) startCmd(cmd *exec.Cmd) *runningServer {
 	t := s.t
 	t.Helper()
-	s.cmd = exec.Command(bin, append([]string{"--web.listen-address=" + s.addr}, args...)...)
-	s.cmd.Env = append(os.Environ(), env...)
+	s.cmd = cmd
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -361,4 +369,82 @@ func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
 		t.Errorf("no clean detach in the log:\n%s", s.log())
 	}
 
+}
+
+// TestEveryScrapeShowsItsLoadsInEventsTotal scrapes while loads run. A
+// scrape reads the SDK's observables (events_total) before the per-event
+// series (bpf_prog_loads_total); a record handled in between once showed
+// four finished chains with events_total 0. Each record counted in
+// bpf_prog_loads_total was read first, so in every scrape events_total
+// must be at least their sum.
+func TestEveryScrapeShowsItsLoadsInEventsTotal(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	s := startServer(t, bin, nil, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	st := startStorm(t, 2, 0, func(name string) ([]loadgen.Result, error) {
+		r, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: name, Comm: "vlog-consist"})
+		return []loadgen.Result{r}, err
+	})
+	var scrapes, behind int
+	for scrapes < 300 {
+		_, families := s.scrape()
+		scrapes++
+		events := sum(families, "verifierlog_exporter_events_total", nil)
+		loads := sum(families, "bpf_prog_loads_total", nil)
+		if loads > events {
+			behind++
+			if behind <= 3 {
+				t.Errorf("scrape %d: bpf_prog_loads_total adds up to %v, events_total is %v", scrapes, loads, events)
+			}
+		}
+	}
+	st.end()
+	if st.err != nil {
+		t.Fatal(st.err)
+	}
+	if behind > 0 {
+		t.Errorf("%d of %d scrapes showed loads not yet in events_total", behind, scrapes)
+	}
+	_, families := s.scrape()
+	if seen := sum(families, "bpf_prog_loads_total", map[string]string{"loader": "vlog-consist"}); seen == 0 {
+		t.Errorf("no load of the storm was counted")
+	}
+	t.Logf("%d scrapes, %d loads issued", scrapes, len(st.results))
+	s.stop()
+}
+
+// TestPprofOnlyWithTheFlag: the landing page links /debug/pprof/ only when
+// --web.enable-pprof serves it.
+func TestPprofOnlyWithTheFlag(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	for _, on := range []bool{false, true} {
+		args := []string{"--attach=" + envOr("VERIFIERLOG_TEST_ATTACH", "auto")}
+		if on {
+			args = append(args, "--web.enable-pprof")
+		}
+		s := startServer(t, bin, nil, args...)
+		page, err := s.get("/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if links := strings.Contains(page, "debug/pprof"); links != on {
+			t.Errorf("--web.enable-pprof=%v: the landing page links pprof: %v", on, links)
+		}
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/cmdline"} {
+			resp, err := s.request(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			want := http.StatusNotFound
+			if on {
+				want = http.StatusOK
+			}
+			if resp.StatusCode != want {
+				t.Errorf("--web.enable-pprof=%v: GET %s: %s, want %d", on, path, resp.Status, want)
+			}
+		}
+		s.stop()
+	}
 }

@@ -35,7 +35,7 @@ func (c *traceCommand) run(ctx context.Context, logger *slog.Logger, stdout io.W
 	}
 	defer tr.Close()
 	logAttach(logger, tr)
-	dropCapabilitiesAndLog(logger, *c.dropCaps, nil)
+	dropCapabilitiesAndLog(logger, *c.dropCaps)
 
 	w := bufio.NewWriter(stdout)
 	var write func(*tracer.LoadEvent) error
@@ -44,8 +44,13 @@ func (c *traceCommand) run(ctx context.Context, logger *slog.Logger, stdout io.W
 		enc := json.NewEncoder(w)
 		write = func(ev *tracer.LoadEvent) error { return enc.Encode(ev.Record(tr.Clock())) }
 	default:
+		// The header goes out at once, so that a trace with no load yet
+		// does not look dead.
 		table := newTableWriter(w, tr.Clock())
 		if err := table.header(); err != nil {
+			return err
+		}
+		if err := w.Flush(); err != nil {
 			return err
 		}
 		write = table.row
@@ -65,7 +70,8 @@ func (c *traceCommand) run(ctx context.Context, logger *slog.Logger, stdout io.W
 	if flushErr := w.Flush(); err == nil {
 		err = flushErr
 	}
-	logLost(logger, tr)
+	lost, lostErr := tr.Lost()
+	logLost(logger, tr.Events(), lost, lostErr)
 	return err
 }
 
@@ -86,13 +92,13 @@ func logAttach(logger *slog.Logger, tr *tracer.Tracer) {
 	}
 }
 
-func logLost(logger *slog.Logger, tr *tracer.Tracer) {
-	lost, err := tr.Lost()
+// logLost says that the tracer detached, and what it could not record.
+func logLost(logger *slog.Logger, events uint64, lost map[tracer.LostReason]uint64, err error) {
 	if err != nil {
-		logger.Warn("cannot read lost-event counters", "err", err)
+		logger.Warn("detached; cannot read lost-event counters", "events", events, "err", err)
 		return
 	}
-	attrs := []any{"events", tr.Events()}
+	attrs := []any{"events", events}
 	var total uint64
 	for _, reason := range tracer.LostReasons() {
 		attrs = append(attrs, "lost_"+string(reason), lost[reason])

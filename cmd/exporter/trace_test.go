@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -128,6 +129,12 @@ func (rt *runningTrace) log() string {
 // await returns this process's records whose prog_name is in names.
 func (rt *runningTrace) await(names ...string) map[string]tracer.Record {
 	rt.t.Helper()
+	return rt.awaitPID(os.Getpid(), names...)
+}
+
+// awaitPID returns process pid's records whose prog_name is in names.
+func (rt *runningTrace) awaitPID(pid int, names ...string) map[string]tracer.Record {
+	rt.t.Helper()
 	got := map[string]tracer.Record{}
 	deadline := time.After(60 * time.Second)
 	for len(got) < len(names) {
@@ -136,7 +143,7 @@ func (rt *runningTrace) await(names ...string) map[string]tracer.Record {
 			if !open {
 				rt.t.Fatalf("exporter output ended early:\n%s", rt.log())
 			}
-			if r.PID == uint32(os.Getpid()) && slices.Contains(names, r.ProgName) {
+			if r.PID == uint32(pid) && slices.Contains(names, r.ProgName) {
 				got[r.ProgName] = r
 			}
 		case <-deadline:
@@ -282,6 +289,83 @@ func TestHumanBytes(t *testing.T) {
 		16 << 20: "16MiB", 16777215: "16.0MiB", 10 * 1024: "10KiB", 5153: "5153B", 640 << 10: "640KiB"} {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// TestTracePrintsItsHeaderBeforeAnyLoad: an idle `exporter trace` shows its
+// table header at once, so that it does not look dead.
+func TestTracePrintsItsHeaderBeforeAnyLoad(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	cmd := exec.Command(bin, "trace", "--attach", envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	first := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Scan()
+		first <- sc.Text()
+		for sc.Scan() {
+		}
+	}()
+	// This test issues no load: the header must come by itself.
+	select {
+	case line := <-first:
+		if f := strings.Fields(line); len(f) < 3 || f[0] != "TIME" || f[1] != "COMM" {
+			t.Errorf("first line %q, want the header\n%s", line, stderr.String())
+		}
+	case <-time.After(hangGuard):
+		t.Fatalf("no header %v after start, without loads:\n%s", hangGuard, stderr.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit %v after SIGINT:\n%s", err, stderr.String())
+	}
+}
+
+// TestLoadgenNamesItsThreads: `exporter loadgen` loads under its own comm,
+// so that its loads are not counted as the exporter's; --comm overrides
+// it. It prints ? where the kernel wrote no log_true_size.
+func TestLoadgenNamesItsThreads(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	rt := startTrace(t, bin, "trace", "--output", "json", "--attach", envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	for _, tc := range []struct{ name, comm string }{{"vlog_lg_dflt", ""}, {"vlog_lg_comm", "vlog-mine"}} {
+		args := []string{"loadgen", "--name", tc.name}
+		want := defaultLoadgenComm
+		if tc.comm != "" {
+			args, want = append(args, "--comm", tc.comm), tc.comm
+		}
+		cmd := exec.Command(bin, args...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("exporter %v: %v\n%s", args, err, out)
+		}
+		if r := rt.awaitPID(cmd.Process.Pid, tc.name)[tc.name]; r.Comm != want {
+			t.Errorf("exporter %v: comm %q, want %q", args, r.Comm, want)
+		}
+	}
+	rt.stop()
+
+	// attr size 128 has no room for log_true_size: nothing to print but ?.
+	out, err := exec.Command(bin, "loadgen", "--attr-size", "128", "--program", "long", "--log-level", "2", "--log-size", "256").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "result=ENOSPC") || !strings.Contains(string(out), "log_true_size=? ") {
+		t.Errorf("attr size 128: %v\n%s", err, out)
+	}
+	if kernelWritesTrueSize() {
+		out, err := exec.Command(bin, "loadgen", "--program", "long", "--log-level", "2", "--log-size", "256").CombinedOutput()
+		if err != nil || !regexp.MustCompile(`log_true_size=[1-9][0-9]* `).Match(out) {
+			t.Errorf("attr size 144 on a kernel that writes log_true_size: %v\n%s", err, out)
 		}
 	}
 }
