@@ -249,9 +249,10 @@ func needCells(l otel.LoaderReport) (maxNeed, recommended string) {
 func writeRecommendations(w io.Writer, rep report) error {
 	bw := bufio.NewWriter(w)
 	fmt.Fprintf(bw, "%s\n\n", windowLine(rep))
-	open := false
+	open, allOpen := false, false
 	for _, l := range rep.Loaders {
 		open = open || l.OpenChains != nil
+		allOpen = allOpen || (l.OpenChains == nil && l.Loads == 0)
 	}
 	row := func(cmd, loader, loads, openCell, trunc, p50, p99, maxNeed, rec, buf, verdict string) {
 		fmt.Fprintf(bw, "%-4s %-15s %5s ", cmd, loader, loads)
@@ -282,6 +283,10 @@ func writeRecommendations(w io.Writer, rep report) error {
 	fmt.Fprintln(bw, "LOADS: logical loads (retry chains) ended; TRUNC: attempts that got ENOSPC.")
 	if open {
 		fmt.Fprintln(bw, "OPEN: of LOADS, chains still open when the trace ended: a retry could have come later.")
+	}
+	if allOpen {
+		// Attempts count as they come, loads when their chain ends.
+		fmt.Fprintln(bw, "LOADS 0: every chain of the loader is still open; what it proves shows once it ends.")
 	}
 	fmt.Fprintln(bw, "P50/P99_NEED: power-of-two bounds of the needs measured; MAX_NEED is exact; >N: a need")
 	fmt.Fprintln(bw, "  nobody measured is above N, the largest buffer that got ENOSPC.")

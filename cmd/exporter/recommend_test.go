@@ -306,4 +306,15 @@ func TestRecommendTable(t *testing.T) {
 	if strings.Contains(buf.String(), "OPEN") {
 		t.Errorf("an OPEN column without open-chain counts:\n%s", buf.String())
 	}
+	// A loader whose attempts all belong to chains still open has no
+	// load yet: the report says why.
+	rep.Loaders = append(rep.Loaders, loaderReport{LoaderReport: otel.LoaderReport{Command: "BPF_PROG_LOAD", Loader: "waiting",
+		Truncated: 1, TypicalBufferBytes: 256, Verdict: "undersized"}})
+	buf.Reset()
+	if err := writeRecommendations(&buf, rep); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "LOADS 0: every chain of the loader is still open") {
+		t.Errorf("no word on a loader with no chain ended yet:\n%s", buf.String())
+	}
 }
