@@ -193,12 +193,15 @@ func (c *serveCommand) run(ctx context.Context, logger *slog.Logger, build otel.
 	select {
 	case <-ctx.Done():
 	case runErr = <-serveFailed:
-	case runErr = <-traceDone:
+	case err := <-traceDone:
 		traceEnded = true
-		if runErr == nil {
-			runErr = errors.New("tracer stopped")
+		if err == nil && ctx.Err() != nil {
+			break // the signal, seen by Run first: it detached and drained
 		}
-		runErr = fmt.Errorf("tracer: %w", runErr)
+		if err == nil {
+			err = errors.New("stopped")
+		}
+		runErr = fmt.Errorf("tracer: %w", err)
 		// Run failed with the hooks still attached: detach them now, and
 		// keep the maps, whose lost counts the final metrics read.
 		if err := tr.Suspend(); err != nil {
