@@ -245,6 +245,8 @@ type chain struct {
 	logRequested bool
 	tooSmall     uint32 // largest buffer that ended in ENOSPC
 	lastBuffer   uint32 // log_size of the last attempt with a buffer
+	firstBuffer  uint32 // log_size of the first attempt, if it had a buffer
+	firstHasBuf  bool
 
 	span trace.Span
 	ctx  context.Context
@@ -252,6 +254,9 @@ type chain struct {
 
 func (c *chain) add(ev *tracer.LoadEvent, class Class) {
 	c.attempts++
+	if c.attempts == 1 && ev.HasLogBuf && ev.LogLevel > 0 {
+		c.firstBuffer, c.firstHasBuf = ev.LogSize, true
+	}
 	if ev.EndNs > c.lastEndNs {
 		c.lastEndNs = ev.EndNs
 	}
@@ -296,6 +301,9 @@ func (p *Pipeline) endChain(c *chain) {
 	delete(p.open, c.key)
 	cl := p.loaderOpts.get(loaderKey{c.key.command, c.loader})
 	p.rec.observe(p.in.attempts, cl, float64(c.attempts))
+	if c.firstHasBuf {
+		p.loaderWindow(recommendKey{c.key.command, c.loader}).addFirstBuffer(c.lastEndNs, c.firstBuffer)
+	}
 	switch {
 	case c.needSource != NeedUnknown:
 		p.rec.observe(p.in.requiredBytes, p.sourceOpts.get(sourceKey{c.key.command, c.loader, c.needSource}), float64(c.need))

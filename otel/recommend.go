@@ -90,6 +90,9 @@ type slot struct {
 	unknownAbove uint32
 	buffers      [topBuffers]bufferCount
 	otherBuffers uint64
+	// The log_size of each chain's first attempt: the loader's default.
+	firstBuffers [topBuffers]bufferCount
+	otherFirst   uint64
 }
 
 type bufferCount struct {
@@ -157,24 +160,35 @@ func (w *loaderWindow) addAttempt(ns uint64, buffer uint32, hasBuffer, truncated
 	if truncated {
 		s.truncated++
 	}
-	if !hasBuffer {
-		return
+	if hasBuffer {
+		countBuffer(&s.buffers, &s.otherBuffers, buffer)
 	}
+}
+
+// addFirstBuffer records the buffer of a chain's first attempt.
+func (w *loaderWindow) addFirstBuffer(ns uint64, buffer uint32) {
+	s := w.at(ns)
+	countBuffer(&s.firstBuffers, &s.otherFirst, buffer)
+}
+
+// countBuffer counts one more use of size in counts, or in other once
+// topBuffers sizes are taken.
+func countBuffer(counts *[topBuffers]bufferCount, other *uint64, size uint32) {
 	free := -1
-	for i := range s.buffers {
+	for i := range counts {
 		switch {
-		case s.buffers[i].n > 0 && s.buffers[i].size == buffer:
-			s.buffers[i].n++
+		case counts[i].n > 0 && counts[i].size == size:
+			counts[i].n++
 			return
-		case s.buffers[i].n == 0 && free < 0:
+		case counts[i].n == 0 && free < 0:
 			free = i
 		}
 	}
 	if free >= 0 {
-		s.buffers[free] = bufferCount{buffer, 1}
+		counts[free] = bufferCount{size, 1}
 		return
 	}
-	s.otherBuffers++
+	*other++
 }
 
 // summary is a loader's window added up.
@@ -184,13 +198,14 @@ type summary struct {
 	needs                     [sizeClasses]uint64
 	known                     uint64
 	defTruncated, defWaste    []uint64
-	buffers                   map[uint32]uint64
+	buffers, firstBuffers     map[uint32]uint64
 }
 
 // sum adds up the slots that began less than a window before nowNs (the
 // window is exact to one slot, 1/24 of it).
 func (w *loaderWindow) sum(nowNs uint64) summary {
-	out := summary{defTruncated: make([]uint64, len(w.defaults)), defWaste: make([]uint64, len(w.defaults)), buffers: map[uint32]uint64{}}
+	out := summary{defTruncated: make([]uint64, len(w.defaults)), defWaste: make([]uint64, len(w.defaults)),
+		buffers: map[uint32]uint64{}, firstBuffers: map[uint32]uint64{}}
 	span := w.slotNs * windowSlots
 	for i := range w.slots {
 		s := &w.slots[i]
@@ -213,6 +228,11 @@ func (w *loaderWindow) sum(nowNs uint64) summary {
 		for _, b := range s.buffers {
 			if b.n > 0 {
 				out.buffers[b.size] += b.n
+			}
+		}
+		for _, b := range s.firstBuffers {
+			if b.n > 0 {
+				out.firstBuffers[b.size] += b.n
 			}
 		}
 	}
@@ -269,15 +289,24 @@ type LoaderReport struct {
 	NeedMaxBytes uint32 `json:"need_max_bytes"`
 	// Recommended by coverage ("0.99", "1"); absent without known needs.
 	Recommended map[string]uint64 `json:"recommended_bytes"`
-	// TypicalBufferBytes is the loader's most common log_size.
+	// TypicalBufferBytes is the loader's most common log_size, retries
+	// included.
 	TypicalBufferBytes uint32 `json:"typical_buffer_bytes"`
+	// FirstBufferBytes is the most common log_size of its chains' first
+	// attempts: the loader's default, whatever its retries pass.
+	FirstBufferBytes uint32 `json:"first_buffer_bytes"`
 	// Verdict: "undersized", "right", "oversized by Nx", or "unknown".
 	Verdict string `json:"verdict"`
 	// UnknownNeeds are loads whose need stayed unknown; their need is above
 	// UnknownNeedAboveBytes, the largest buffer they proved too small.
-	UnknownNeeds          uint64          `json:"unknown_needs"`
-	UnknownNeedAboveBytes uint32          `json:"unknown_need_above_bytes"`
-	Defaults              []DefaultReport `json:"defaults"`
+	UnknownNeeds          uint64 `json:"unknown_needs"`
+	UnknownNeedAboveBytes uint32 `json:"unknown_need_above_bytes"`
+	// OpenChains are the loader's retry chains not ended yet (a retry may
+	// still come), which Loads does not count; OpenNeedAboveBytes is the
+	// largest buffer one of them got ENOSPC with (0: none).
+	OpenChains         uint64          `json:"open_chains"`
+	OpenNeedAboveBytes uint32          `json:"open_need_above_bytes"`
+	Defaults           []DefaultReport `json:"defaults"`
 }
 
 // Recommendations is the report of every loader seen in the window.
@@ -292,13 +321,28 @@ func (p *Pipeline) Recommendations() Recommendations {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
+	type open struct {
+		chains uint64
+		above  uint32
+	}
+	opens := map[recommendKey]open{}
+	for _, c := range p.open {
+		k := recommendKey{c.key.command, c.loader}
+		o := opens[k]
+		o.chains++
+		o.above = max(o.above, c.tooSmall)
+		opens[k] = o
+	}
 	out := Recommendations{WindowSeconds: p.recommendWindow.Seconds(), Loaders: []LoaderReport{}}
 	for k, w := range p.windows {
 		s := w.sum(now)
-		if s.loads == 0 && s.truncated == 0 && len(s.buffers) == 0 {
+		o := opens[k]
+		if s.loads == 0 && s.truncated == 0 && len(s.buffers) == 0 && o.chains == 0 {
 			continue
 		}
-		out.Loaders = append(out.Loaders, report(k, w.defaults, s))
+		r := report(k, w.defaults, s)
+		r.OpenChains, r.OpenNeedAboveBytes = o.chains, o.above
+		out.Loaders = append(out.Loaders, r)
 	}
 	sort.Slice(out.Loaders, func(i, j int) bool {
 		a, b := out.Loaders[i], out.Loaders[j]
@@ -321,12 +365,8 @@ func report(k recommendKey, defaults []Default, s summary) LoaderReport {
 			r.Recommended[c.Label] = size
 		}
 	}
-	var most uint64
-	for size, n := range s.buffers {
-		if n > most || (n == most && size > r.TypicalBufferBytes) {
-			r.TypicalBufferBytes, most = size, n
-		}
-	}
+	r.TypicalBufferBytes = mostUsed(s.buffers)
+	r.FirstBufferBytes = mostUsed(s.firstBuffers)
 	r.Verdict = verdict(r.Recommended["1"], r.TypicalBufferBytes, s.truncated)
 	for i, d := range defaults {
 		dr := DefaultReport{Default: d}
@@ -339,6 +379,18 @@ func report(k recommendKey, defaults []Default, s summary) LoaderReport {
 		r.Defaults = append(r.Defaults, dr)
 	}
 	return r
+}
+
+// mostUsed is the size counted most often, the larger of a tie; 0 if none.
+func mostUsed(counts map[uint32]uint64) uint32 {
+	var size uint32
+	var most uint64
+	for s, n := range counts {
+		if n > most || (n == most && s > size) {
+			size, most = s, n
+		}
+	}
+	return size
 }
 
 // verdict compares the loader's typical buffer with the size that holds

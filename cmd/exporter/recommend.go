@@ -95,8 +95,8 @@ func (c *recommendCommand) run(ctx context.Context, logger *slog.Logger, out io.
 }
 
 // trace attaches for --duration (or until SIGINT/SIGTERM) and reports what
-// it saw. The chains still open at the end are ended then, with what they
-// proved, and counted as open.
+// it saw. The chains still open at the end are reported as open, with what
+// they proved so far.
 func (c *recommendCommand) trace(ctx context.Context, logger *slog.Logger) (report, error) {
 	tr, err := tracer.New(c.tracer.options())
 	if err != nil {
@@ -118,20 +118,9 @@ func (c *recommendCommand) trace(ctx context.Context, logger *slog.Logger) (repo
 	observed := time.Since(start)
 	// Chains whose window has passed are ended, not open.
 	pipe.Sweep(tracer.MonotonicNow())
-	ended := pipe.Recommendations()
-	pipe.Flush()
 	rep := newReport(pipe.Recommendations())
 	rep.ObservedSeconds = min(rep.WindowSeconds, observed.Seconds())
 	rep.traced = true
-	before := map[string]uint64{}
-	for _, l := range ended.Loaders {
-		before[l.Command+" "+l.Loader] = l.Loads
-	}
-	for i := range rep.Loaders {
-		l := &rep.Loaders[i]
-		open := l.Loads - before[l.Command+" "+l.Loader]
-		l.OpenChains = &open
-	}
 	return rep, nil
 }
 
@@ -145,27 +134,14 @@ type report struct {
 	// ObservedSeconds is how much of it was watched: the trace's own
 	// duration, or the time since the serving exporter attached, at most
 	// the window. 0: not said (an older exporter).
-	ObservedSeconds float64        `json:"observed_seconds,omitempty"`
-	Loaders         []loaderReport `json:"loaders"`
+	ObservedSeconds float64             `json:"observed_seconds,omitempty"`
+	Loaders         []otel.LoaderReport `json:"loaders"`
 
 	traced bool // made by `recommend --duration`, not fetched
 }
 
-type loaderReport struct {
-	otel.LoaderReport
-	// OpenChains are the chains among Loads that were still open when the
-	// report was made (a retry could still have come); they count with
-	// what they proved, e.g. a need above the buffer that got ENOSPC. nil:
-	// not known (a serving exporter does not report them per loader).
-	OpenChains *uint64 `json:"open_chains,omitempty"`
-}
-
 func newReport(r otel.Recommendations) report {
-	out := report{WindowSeconds: r.WindowSeconds, Loaders: make([]loaderReport, len(r.Loaders))}
-	for i, l := range r.Loaders {
-		out.Loaders[i] = loaderReport{LoaderReport: l}
-	}
-	return out
+	return report{WindowSeconds: r.WindowSeconds, Loaders: r.Loaders}
 }
 
 func fetchRecommendations(ctx context.Context, base string) (report, error) {
@@ -221,9 +197,9 @@ func windowLine(r report) string {
 // buffer that got ENOSPC) shows wherever it exceeds what the known needs
 // say.
 func needCells(l otel.LoaderReport) (maxNeed, recommended string) {
-	above := uint64(0)
+	above := uint64(l.OpenNeedAboveBytes)
 	if l.UnknownNeeds > 0 {
-		above = uint64(l.UnknownNeedAboveBytes)
+		above = max(above, uint64(l.UnknownNeedAboveBytes))
 	}
 	maxNeed, recommended = "?", "?"
 	if l.NeedsKnown > 0 {
@@ -249,49 +225,31 @@ func needCells(l otel.LoaderReport) (maxNeed, recommended string) {
 func writeRecommendations(w io.Writer, rep report) error {
 	bw := bufio.NewWriter(w)
 	fmt.Fprintf(bw, "%s\n\n", windowLine(rep))
-	open, allOpen := false, false
-	for _, l := range rep.Loaders {
-		open = open || l.OpenChains != nil
-		allOpen = allOpen || (l.OpenChains == nil && l.Loads == 0)
-	}
 	row := func(cmd, loader, loads, openCell, trunc, p50, p99, maxNeed, rec, buf, verdict string) {
-		fmt.Fprintf(bw, "%-4s %-15s %5s ", cmd, loader, loads)
-		if open {
-			fmt.Fprintf(bw, "%4s ", openCell)
-		}
-		fmt.Fprintf(bw, "%5s %8s %8s %9s %9s %10s  %s\n", trunc, p50, p99, maxNeed, rec, buf, verdict)
+		fmt.Fprintf(bw, "%-4s %-15s %5s %4s %5s %8s %8s %9s %9s %9s  %s\n", cmd, loader, loads, openCell, trunc, p50, p99, maxNeed, rec, buf, verdict)
 	}
-	row("CMD", "LOADER", "LOADS", "OPEN", "TRUNC", "P50_NEED", "P99_NEED", "MAX_NEED", "RECOMMEND", "COMMON_BUF", "VERDICT")
+	row("CMD", "LOADER", "LOADS", "OPEN", "TRUNC", "P50_NEED", "P99_NEED", "MAX_NEED", "RECOMMEND", "FIRST_BUF", "VERDICT")
 	for _, l := range rep.Loaders {
 		p50, p99 := "?", "?"
 		if l.NeedsKnown > 0 {
 			p50, p99 = "≤"+humanBytes(l.NeedP50Bytes), "≤"+humanBytes(l.NeedP99Bytes)
 		}
-		maxNeed, recommended := needCells(l.LoaderReport)
+		maxNeed, recommended := needCells(l)
 		buf := "-"
-		if l.TypicalBufferBytes > 0 {
-			buf = humanBytes(uint64(l.TypicalBufferBytes))
+		if l.FirstBufferBytes > 0 {
+			buf = humanBytes(uint64(l.FirstBufferBytes))
 		}
-		openCell := "?"
-		if l.OpenChains != nil {
-			openCell = strconv.FormatUint(*l.OpenChains, 10)
-		}
+		openCell := strconv.FormatUint(l.OpenChains, 10)
 		row(shortCommand(l.Command), clip(l.Loader, 15), strconv.FormatUint(l.Loads, 10), openCell, strconv.FormatUint(l.Truncated, 10),
 			p50, p99, maxNeed, recommended, buf, l.Verdict)
 	}
 	fmt.Fprintln(bw)
-	fmt.Fprintln(bw, "LOADS: logical loads (retry chains) ended; TRUNC: attempts that got ENOSPC.")
-	if open {
-		fmt.Fprintln(bw, "OPEN: of LOADS, chains still open when the trace ended: a retry could have come later.")
-	}
-	if allOpen {
-		// Attempts count as they come, loads when their chain ends.
-		fmt.Fprintln(bw, "LOADS 0: every chain of the loader is still open; what it proves shows once it ends.")
-	}
+	fmt.Fprintln(bw, "LOADS: logical loads (retry chains) ended; OPEN: chains not ended yet (a retry may still")
+	fmt.Fprintln(bw, "  come), not in LOADS; TRUNC: attempts that got ENOSPC.")
 	fmt.Fprintln(bw, "P50/P99_NEED: power-of-two bounds of the needs measured; MAX_NEED is exact; >N: a need")
-	fmt.Fprintln(bw, "  nobody measured is above N, the largest buffer that got ENOSPC.")
-	fmt.Fprintln(bw, "RECOMMEND: the smallest power of two that held every log. COMMON_BUF: the log_size most")
-	fmt.Fprintln(bw, "  attempts passed, retries included (a retrying loader's first size is its default).")
+	fmt.Fprintln(bw, "  nobody measured (an open chain's too) is above N, the largest buffer that got ENOSPC.")
+	fmt.Fprintln(bw, "RECOMMEND: the smallest power of two that held every log. FIRST_BUF: the log_size most")
+	fmt.Fprintln(bw, "  chains' first attempts passed: the loader's default, whatever its retries pass.")
 
 	fmt.Fprintln(bw)
 	fmt.Fprintln(bw, "What each default would have done to the logs whose need is known:")

@@ -185,10 +185,6 @@ func TestRecommendTracesForDuration(t *testing.T) {
 	var rec struct {
 		otel.Recommendations
 		ObservedSeconds float64 `json:"observed_seconds"`
-		Loaders         []struct {
-			otel.LoaderReport
-			OpenChains *uint64 `json:"open_chains"`
-		} `json:"loaders"`
 	}
 	if err := json.Unmarshal(out, &rec); err != nil {
 		t.Fatalf("output is not JSON: %v\n%s", err, out)
@@ -202,13 +198,13 @@ func TestRecommendTracesForDuration(t *testing.T) {
 	}
 	if i, ok := byLoader["dur-imit"]; !ok {
 		t.Errorf("no dur-imit in %s", out)
-	} else if l := rec.Loaders[i]; l.Loads != 1 || l.Truncated != 1 || l.NeedMaxBytes != uint32(len(rs[1].Log))+1 || l.OpenChains == nil || *l.OpenChains != 0 {
-		t.Errorf("dur-imit: %+v open %v", l.LoaderReport, l.OpenChains)
+	} else if l := rec.Loaders[i]; l.Loads != 1 || l.Truncated != 1 || l.NeedMaxBytes != uint32(len(rs[1].Log))+1 || l.OpenChains != 0 || l.FirstBufferBytes != rs[0].LogSize {
+		t.Errorf("dur-imit: %+v; want one ended chain whose first buffer was %d", l, rs[0].LogSize)
 	}
 	if i, ok := byLoader["dur-open"]; !ok {
 		t.Errorf("no dur-open in %s", out)
-	} else if l := rec.Loaders[i]; l.Loads != 1 || l.UnknownNeeds != 1 || l.UnknownNeedAboveBytes != 256 || l.OpenChains == nil || *l.OpenChains != 1 {
-		t.Errorf("dur-open: %+v open %v, want one open chain whose need is above 256", l.LoaderReport, l.OpenChains)
+	} else if l := rec.Loaders[i]; l.Loads != 0 || l.OpenChains != 1 || l.OpenNeedAboveBytes != 256 || l.Truncated != 1 {
+		t.Errorf("dur-open: %+v, want no ended chain and one open chain whose need is above 256", l)
 	}
 
 	out = recommendWhileLoading(t, bin, load)
@@ -233,19 +229,18 @@ func TestRecommendTable(t *testing.T) {
 		}
 		return out
 	}
-	zero, one := uint64(0), uint64(1)
-	rep := report{WindowSeconds: 86400, ObservedSeconds: 20, traced: true, Loaders: []loaderReport{
-		{LoaderReport: otel.LoaderReport{Command: "BPF_PROG_LOAD", Loader: "cilium-agent", Loads: 3, NeedsKnown: 3, Truncated: 3,
+	rep := report{WindowSeconds: 86400, ObservedSeconds: 20, traced: true, Loaders: []otel.LoaderReport{
+		{Command: "BPF_PROG_LOAD", Loader: "cilium-agent", Loads: 3, NeedsKnown: 3, Truncated: 3,
 			NeedP50Bytes: 131072, NeedP99Bytes: 131072, NeedMaxBytes: 122880, Recommended: map[string]uint64{"1": 131072, "0.99": 131072},
-			TypicalBufferBytes: 65536, Verdict: "undersized", Defaults: defaults(3)}, OpenChains: &zero},
-		{LoaderReport: otel.LoaderReport{Command: "BPF_PROG_LOAD", Loader: "mixed", Loads: 3, NeedsKnown: 2, Truncated: 1,
+			TypicalBufferBytes: 131072, FirstBufferBytes: 65536, Verdict: "undersized", Defaults: defaults(3)},
+		{Command: "BPF_PROG_LOAD", Loader: "mixed", Loads: 3, NeedsKnown: 2, Truncated: 1,
 			NeedP50Bytes: 4096, NeedP99Bytes: 4096, NeedMaxBytes: 3000, Recommended: map[string]uint64{"1": 4096, "0.99": 4096},
-			TypicalBufferBytes: 65536, Verdict: "undersized", UnknownNeeds: 1, UnknownNeedAboveBytes: 65536, Defaults: defaults(2)}, OpenChains: &one},
-		{LoaderReport: otel.LoaderReport{Command: "BPF_BTF_LOAD", Loader: "bpftool", Loads: 1, Truncated: 1,
-			TypicalBufferBytes: 256, Verdict: "undersized", UnknownNeeds: 1, UnknownNeedAboveBytes: 256, Defaults: defaults(0)}, OpenChains: &one},
-		{LoaderReport: otel.LoaderReport{Command: "BPF_PROG_LOAD", Loader: "bigbuf", Loads: 9, NeedsKnown: 9,
+			TypicalBufferBytes: 65536, FirstBufferBytes: 65536, Verdict: "undersized", OpenChains: 1, OpenNeedAboveBytes: 65536, Defaults: defaults(2)},
+		{Command: "BPF_BTF_LOAD", Loader: "bpftool", Loads: 1, Truncated: 1,
+			TypicalBufferBytes: 256, FirstBufferBytes: 256, Verdict: "undersized", UnknownNeeds: 1, UnknownNeedAboveBytes: 256, Defaults: defaults(0)},
+		{Command: "BPF_PROG_LOAD", Loader: "bigbuf", Loads: 9, NeedsKnown: 9,
 			NeedP50Bytes: 8192, NeedP99Bytes: 8192, NeedMaxBytes: 5000, Recommended: map[string]uint64{"1": 8192, "0.99": 8192},
-			TypicalBufferBytes: 1<<24 - 1, Verdict: "oversized by 2048x", Defaults: defaults(9)}, OpenChains: &zero},
+			TypicalBufferBytes: 1<<24 - 1, FirstBufferBytes: 1<<24 - 1, Verdict: "oversized by 2048x", Defaults: defaults(9)},
 	}}
 	var buf bytes.Buffer
 	if err := writeRecommendations(&buf, rep); err != nil {
@@ -259,13 +254,13 @@ func TestRecommendTable(t *testing.T) {
 	row := func(loader string) []string { return strings.Fields(lineWith(out, loader)) }
 	// CMD LOADER LOADS OPEN TRUNC P50 P99 MAX RECOMMEND BUF VERDICT
 	if f := row("mixed"); len(f) < 11 || f[3] != "1" || f[7] != ">64KiB" || f[8] != ">64KiB" {
-		t.Errorf("mixed: %v; want 1 open, and the bound 64 KiB above the known max and recommendation", f)
+		t.Errorf("mixed: %v; want 1 open, and its bound 64 KiB above the known max and recommendation", f)
 	}
 	if f := row("bpftool"); len(f) < 11 || f[0] != "BTF" || f[5] != "?" || f[7] != ">256B" || f[8] != ">256B" {
 		t.Errorf("bpftool: %v; want no known need and the bound >256B", f)
 	}
-	if f := row("cilium-agent"); len(f) < 11 || f[7] != "120KiB" || f[8] != "128KiB" || f[9] != "64KiB" {
-		t.Errorf("cilium-agent: %v", f)
+	if f := row("cilium-agent"); len(f) < 11 || f[3] != "0" || f[7] != "120KiB" || f[8] != "128KiB" || f[9] != "64KiB" {
+		t.Errorf("cilium-agent: %v; want FIRST_BUF 64KiB, the first attempts' size, not the retries' 128KiB", f)
 	}
 	_, defaultsPart, ok := strings.Cut(string(out), "What each default would have done")
 	if !ok {
@@ -292,29 +287,5 @@ func TestRecommendTable(t *testing.T) {
 		if got := windowLine(tc.r); got != tc.want {
 			t.Errorf("windowLine(%+v) = %q, want %q", tc.r, got, tc.want)
 		}
-	}
-	// Without open-chain counts (a serving exporter's report) the column
-	// is left out.
-	buf.Reset()
-	rep.traced, rep.ObservedSeconds = false, 600
-	for i := range rep.Loaders {
-		rep.Loaders[i].OpenChains = nil
-	}
-	if err := writeRecommendations(&buf, rep); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(buf.String(), "OPEN") {
-		t.Errorf("an OPEN column without open-chain counts:\n%s", buf.String())
-	}
-	// A loader whose attempts all belong to chains still open has no
-	// load yet: the report says why.
-	rep.Loaders = append(rep.Loaders, loaderReport{LoaderReport: otel.LoaderReport{Command: "BPF_PROG_LOAD", Loader: "waiting",
-		Truncated: 1, TypicalBufferBytes: 256, Verdict: "undersized"}})
-	buf.Reset()
-	if err := writeRecommendations(&buf, rep); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(buf.String(), "LOADS 0: every chain of the loader is still open") {
-		t.Errorf("no word on a loader with no chain ended yet:\n%s", buf.String())
 	}
 }
