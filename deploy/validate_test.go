@@ -50,7 +50,7 @@ const (
 	// jobName is the scrape job the ServiceMonitor produces and the rules
 	// and dashboard expect.
 	jobName     = "verifierlog-exporter"
-	metricsPort = 9435
+	metricsPort = 19435
 )
 
 // ---------------------------------------------------------------- Kubernetes
@@ -396,7 +396,7 @@ func checkObjects(t *testing.T, o objects, namespace string) {
 		}
 	}
 
-	// The Service selects the pods and exposes 9435 as "metrics".
+	// The Service selects the pods and exposes 19435 as "metrics".
 	for k, v := range svc.Spec.Selector {
 		if ds.Spec.Template.Labels[k] != v {
 			t.Errorf("Service selector %s=%s does not select the DaemonSet's pods", k, v)

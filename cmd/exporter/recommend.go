@@ -64,7 +64,7 @@ type recommendCommand struct {
 
 func newRecommendCommand(app *kingpin.Application) *recommendCommand {
 	c := &recommendCommand{cmd: app.Command("recommend", "Print recommended verifier-log buffer sizes per loader: from a running exporter (--from) or by tracing for --duration.")}
-	c.from = c.cmd.Flag("from", "A running exporter's URL (e.g. http://node:9435); its /recommendations is read.").String()
+	c.from = c.cmd.Flag("from", "A running exporter's URL (e.g. http://node:19435); its /recommendations is read.").String()
 	c.duration = c.cmd.Flag("duration", "Without --from: trace this long (or until SIGINT or SIGTERM), then report.").Default("60s").Duration()
 	c.tracer = addTracerFlags(c.cmd)
 	c.chainWindow = addChainWindowFlag(c.cmd)

@@ -24,7 +24,7 @@ import (
 )
 
 // DefaultListenAddress is where `exporter` serves /metrics unless told.
-const DefaultListenAddress = ":9435"
+const DefaultListenAddress = ":19435"
 
 type serveCommand struct {
 	cmd         *kingpin.CmdClause
