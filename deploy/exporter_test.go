@@ -358,7 +358,7 @@ func (s sandbox) start(t *testing.T, bin string) *server {
 	t.Helper()
 	for _, tool := range []string{"unshare", "setpriv"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			kerneltest.Unavailable(t, tool+" (util-linux) is not installed")
+			kerneltest.MissingTool(t, tool, "apt-get install util-linux")
 		}
 	}
 	var lower []string

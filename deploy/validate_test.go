@@ -440,7 +440,7 @@ func kustomizeBuild(t *testing.T, dir string) []byte {
 	t.Helper()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		kerneltest.Unavailable(t, "kubectl (with its built-in kustomize) is not installed")
+		kerneltest.MissingTool(t, "kubectl (with its built-in kustomize)", "apt-get install kubernetes-client")
 	}
 	var stderr bytes.Buffer
 	cmd := exec.Command(kubectl, "kustomize", dir)
@@ -897,7 +897,7 @@ func promtool(t *testing.T, dir string, args ...string) string {
 	t.Helper()
 	bin, err := backends.PromtoolBinary()
 	if err != nil {
-		kerneltest.Unavailable(t, err.Error())
+		kerneltest.MissingTool(t, err.Error(), "as root, `bash backends/install.sh` installs it")
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
@@ -1214,7 +1214,7 @@ func componentType(id string) string { typ, _, _ := strings.Cut(id, "/"); return
 func TestCollectorConfig(t *testing.T) {
 	bin, err := backends.CollectorBinary()
 	if err != nil {
-		kerneltest.Unavailable(t, err.Error())
+		kerneltest.MissingTool(t, err.Error(), "as root, `bash backends/install.sh` installs it")
 	}
 	// config.local.yaml: accepted as it is.
 	if err := backends.ValidateCollectorConfig(collectorLocalConfig); err != nil {
@@ -1392,7 +1392,7 @@ func TestSystemdUnit(t *testing.T) {
 
 	sa, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		kerneltest.Unavailable(t, "systemd-analyze is not installed")
+		kerneltest.MissingTool(t, "systemd-analyze", "apt-get install systemd")
 	}
 	// verify checks that ExecStart's binary exists: point a copy of the unit
 	// at the binary the Containerfile's build line makes.

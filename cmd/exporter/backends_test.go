@@ -16,7 +16,7 @@ import (
 func TestScrapePassesPromtool(t *testing.T) {
 	kerneltest.Require(t)
 	if _, err := backends.PromtoolBinary(); err != nil {
-		kerneltest.Unavailable(t, err.Error())
+		kerneltest.MissingTool(t, err.Error(), "as root, `bash backends/install.sh` installs it")
 	}
 	s := startServer(t, buildExporter(t), nil, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
 	ciliumStyleChain(t, "vlog_lint")

@@ -314,7 +314,7 @@ func TestWithoutCapabilitiesOneErrorNamesThem(t *testing.T) {
 	}
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
-		kerneltest.Unavailable(t, "setpriv (util-linux) is not installed")
+		kerneltest.MissingTool(t, "setpriv", "apt-get install util-linux")
 	}
 	// An ordinary user must be able to run the binary: the build
 	// directory is private.

@@ -218,7 +218,7 @@ func TestTraceJSONPrintsEachLoadAndDetachesOnSIGINT(t *testing.T) {
 func TestTraceMountsTracefsWhenMissing(t *testing.T) {
 	kerneltest.Require(t)
 	if _, err := exec.LookPath("unshare"); err != nil {
-		kerneltest.Unavailable(t, "unshare (util-linux) is not installed")
+		kerneltest.MissingTool(t, "unshare", "apt-get install util-linux")
 	}
 	bin := buildExporter(t)
 	script := `umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null

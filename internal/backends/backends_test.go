@@ -92,7 +92,7 @@ func TestPrometheusScrapesTarget(t *testing.T) {
 
 func TestPromtool(t *testing.T) {
 	if _, err := PromtoolBinary(); err != nil {
-		kerneltest.Unavailable(t, err.Error())
+		kerneltest.MissingTool(t, err.Error(), "as root, `bash backends/install.sh` installs it")
 	}
 	if err := PromtoolCheckMetrics([]byte(knownExposition)); err != nil {
 		t.Errorf("good exposition: %v", err)
@@ -247,7 +247,7 @@ func TestCollectorReceivesOTLP(t *testing.T) {
 
 func TestValidateCollectorConfig(t *testing.T) {
 	if _, err := CollectorBinary(); err != nil {
-		kerneltest.Unavailable(t, err.Error())
+		kerneltest.MissingTool(t, err.Error(), "as root, `bash backends/install.sh` installs it")
 	}
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")

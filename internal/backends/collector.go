@@ -31,7 +31,7 @@ func StartCollector(t testing.TB) *Collector {
 	t.Helper()
 	bin, err := CollectorBinary()
 	if err != nil {
-		kerneltest.Unavailable(t, err.Error())
+		kerneltest.MissingTool(t, err.Error(), "as root, `bash backends/install.sh` builds it")
 	}
 	c := &Collector{dir: t.TempDir()}
 	c.configPath = filepath.Join(c.dir, "otelcol.yaml")

@@ -60,7 +60,7 @@ func StartPrometheus(t testing.TB, targets ...string) *Prometheus {
 	t.Helper()
 	bin, err := PrometheusBinary()
 	if err != nil {
-		kerneltest.Unavailable(t, err.Error())
+		kerneltest.MissingTool(t, err.Error(), "as root, `bash backends/install.sh` installs it")
 	}
 	dir := t.TempDir()
 	p := &Prometheus{

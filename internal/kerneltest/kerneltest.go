@@ -31,13 +31,24 @@ func Require(t testing.TB) {
 	}
 }
 
-// Unavailable skips t with reason, or fails it under CI.
+// Unavailable skips t because the kernel or the privileges do not allow
+// it, with reason, or fails it under CI.
 func Unavailable(t testing.TB, reason string) {
 	t.Helper()
 	if InCI() {
 		t.Fatalf("kernel test cannot run, and CI=true makes that a failure: %s", reason)
 	}
-	t.Skipf("kernel test skipped: %s", reason)
+	t.Skipf("kernel test skipped (no kernel support or privileges here): %s", reason)
+}
+
+// MissingTool skips t because a program it runs is not installed (not a
+// limit of the kernel), saying how to get it, or fails it under CI.
+func MissingTool(t testing.TB, tool, install string) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("test needs %s, which is missing, and CI=true makes that a failure; %s", tool, install)
+	}
+	t.Skipf("skipped, missing tool (not a kernel limit): %s; %s", tool, install)
 }
 
 // Available says why BPF tests cannot run here, or nil if they can.
