@@ -69,12 +69,12 @@ arm64   6.12    fentry,kprobe,tracepoint  modern,compat  fentry  modern
 
 # Time limits: one row's -test.timeout (a Go test binary then panics with
 # every goroutine's stack); the guest stops the row 20 s later. A row takes
-# ~25 s on amd64 (tcg) and ~25-40 s on arm64, ~4 s on the host.
+# ~35-45 s on amd64 (tcg) and ~40-50 s on arm64, ~5 s on the host.
 declare -A row_limit=([host]=120 [amd64]=150 [arm64]=200)
 # A guest's boot allowance on top of its rows (booting takes 3-9 s).
 boot_limit=60
 # For the order only: a row's usual seconds.
-declare -A row_cost=([host]=4 [amd64]=25 [arm64]=33)
+declare -A row_cost=([host]=5 [amd64]=40 [arm64]=45)
 
 # ---- setup ------------------------------------------------------------------
 
