@@ -762,7 +762,7 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 
-	// What the dashboard must show (issue 7).
+	// What the dashboard must show.
 	exprs := dashboardExprs(t, d)
 	all := ""
 	for _, e := range exprs {

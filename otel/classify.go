@@ -1,7 +1,7 @@
 // Package otel turns tracer LoadEvents into what SREs consume: it
 // classifies each load attempt (log mode, truncated, undersized, shortfall,
 // need), correlates retry chains, records the OpenTelemetry metrics and
-// spans of design.md "Public interfaces", and sets up the SDK providers that
+// spans of the README's public interface, and sets up the SDK providers that
 // export them to Prometheus (pull) and OTLP (push). It never reads the
 // kernel itself.
 package otel
@@ -27,8 +27,8 @@ func (s NeedSource) String() string {
 	return ""
 }
 
-// Class is what one attempt says about its buffer (design.md "Records and
-// classification").
+// Class is what one attempt says about its buffer (README, "JSON records":
+// log_mode, truncated, need).
 type Class struct {
 	// Truncated: ENOSPC with a log buffer.
 	Truncated bool

@@ -40,7 +40,7 @@ const (
 	keyReason   = "reason"
 )
 
-// instruments are the per-event metrics of design.md, by their
+// instruments are the per-event metrics of the README's metrics table, by their
 // Prometheus names, recorded through the Recorder.
 type instruments struct {
 	loads         *instrument // bpf_prog_loads_total

@@ -216,7 +216,7 @@ func (p *Pipeline) recordAttempt(ev *tracer.LoadEvent, loader string, class Clas
 	p.loaderWindow(recommendKey{ev.Command, loader}).addAttempt(ev.EndNs, ev.LogSize, ev.HasLogBuf && ev.LogLevel > 0, class.Truncated)
 }
 
-// chainKey identifies a logical load (design.md "Retry chains").
+// chainKey identifies a logical load (README, "Spans": a retry chain).
 type chainKey struct {
 	pid      uint32
 	command  tracer.Command

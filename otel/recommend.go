@@ -28,7 +28,7 @@ type Default struct {
 	Bytes uint32 `json:"bytes"`
 }
 
-// WellKnownDefaults are the defaults design.md lists, as their loaders
+// WellKnownDefaults are the well-known loader defaults, as their loaders
 // ship them.
 var WellKnownDefaults = []Default{
 	{"libbpf", 1<<24 - 1}, // UINT32_MAX >> 8

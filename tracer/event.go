@@ -165,7 +165,7 @@ func (e *LoadEvent) ErrnoName() string {
 // OK reports whether the load succeeded.
 func (e *LoadEvent) OK() bool { return e.Ret >= 0 }
 
-// LogMode classifies the log request (design.md "Records and classification").
+// LogMode classifies the log request (README, "JSON records").
 func (e *LoadEvent) LogMode() LogMode {
 	switch {
 	case e.LogLevel == 0:

@@ -1,6 +1,6 @@
 package tracer_test
 
-// Hostile and odd loads (issue #8): log levels the kernel rejects, a
+// Hostile and odd loads: log levels the kernel rejects, a
 // read-only log buffer, a load from another pid namespace, and thousands of
 // threads killed in the middle of their loads. Some run in a child process:
 // the test binary itself, re-executed with childEnv set.

@@ -3,7 +3,7 @@ package tracer
 import "strconv"
 
 // Record is a LoadEvent as `exporter trace --output json` prints it: the
-// JSON keys are a public interface (design.md "Public interfaces").
+// JSON keys are a public interface (README, "JSON records").
 type Record struct {
 	Time               string `json:"time"` // RFC 3339, UTC, nanoseconds
 	Command            string `json:"command"`

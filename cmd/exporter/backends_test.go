@@ -66,7 +66,7 @@ func TestPrometheusScrapesAndCountsLoads(t *testing.T) {
 
 // TestCollectorReceivesChainSpansAndMetrics sends the exporter's OTLP to a
 // real Collector over gRPC and over HTTP and checks what arrived: one trace
-// per retry chain with a child span per attempt, attributes as design.md
+// per retry chain with a child span per attempt, attributes as the README
 // says, wall-clock times that bracket the syscalls, and the metrics.
 func TestCollectorReceivesChainSpansAndMetrics(t *testing.T) {
 	kerneltest.Require(t)

@@ -1,6 +1,6 @@
 package main
 
-// Failing the way an SRE can act on (issue #12): a listener or web config
+// Failing the way an SRE can act on: a listener or web config
 // that cannot work ends serve at start with one ERROR line and exit 1,
 // before anything is attached; a later failure of an HTTP server or of the
 // tracer ends it the orderly way (detach, flush, exit non-zero); and

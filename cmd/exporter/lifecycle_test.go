@@ -1,6 +1,6 @@
 package main
 
-// The exporter's life cycle under load (issue #8): capabilities dropped
+// The exporter's life cycle under load: capabilities dropped
 // after attach on every thread, SIGTERM in the middle of a load storm, and
 // a restart while loads run. Every load carries a unique prog name, so each
 // record and span is matched to the one call that caused it.

@@ -8,7 +8,7 @@ import (
 // Loader is a well-known loader's verifier-log buffer strategy.
 type Loader string
 
-// The strategies design.md lists, as their authors ship them.
+// The well-known loaders' strategies, as their authors ship them.
 const (
 	// Libbpf is libbpf 1.1 (Debian 12's bpftool): a 16,777,215-byte buffer,
 	// attr size 128 (so no log_true_size), doubling on ENOSPC.
