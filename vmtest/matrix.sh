@@ -69,7 +69,7 @@ arm64   6.12    fentry,kprobe,tracepoint  modern,compat  fentry  modern
 
 # Time limits: one row's -test.timeout (a Go test binary then panics with
 # every goroutine's stack); the guest stops the row 20 s later. A row takes
-# ~35-47 s in a guest of either architecture (tcg, two guests at a time) and
+# ~35-65 s in a guest of either architecture (tcg, two guests at a time) and
 # ~5 s on the host.
 declare -A row_limit=([host]=120 [amd64]=150 [arm64]=200)
 # A guest's boot allowance on top of its rows (booting takes 3-9 s).
@@ -249,14 +249,18 @@ order=$(for i in "${guests[@]}"; do
 	echo "$((boot_limit / 6 + $# * ${row_cost[${L_arch[i]}]})) $i"
 done | sort -rn | awk '{print $2}')
 
+# reap_one waits for one running guest and records its rows.
+reap_one() {
+	local pid= rc=0
+	wait -n -p pid "${!running[@]}" || rc=$?
+	[[ -n $pid ]] || return 0
+	guest_done "${running[$pid]}" "$rc"
+	unset "running[$pid]"
+}
+
 for i in $order; do
 	while ((${#running[@]} >= jobs_max)); do
-		pid=
-		rc=0
-		wait -n -p pid "${!running[@]}" || rc=$?
-		[[ -n $pid ]] || continue
-		guest_done "${running[$pid]}" "$rc"
-		unset "running[$pid]"
+		reap_one
 	done
 	if ((deadline > 0 && deadline - (SECONDS - t0) < boot_limit)); then
 		dir=$(line_dir "$i")
@@ -269,12 +273,7 @@ for i in $order; do
 	running[$guest_pid]=$i
 done
 while ((${#running[@]} > 0)); do
-	pid=
-	rc=0
-	wait -n -p pid "${!running[@]}" || rc=$?
-	[[ -n $pid ]] || continue
-	guest_done "${running[$pid]}" "$rc"
-	unset "running[$pid]"
+	reap_one
 done
 trap - INT TERM
 
