@@ -1,7 +1,13 @@
 // Package kerneltest is the one place that decides whether a test that needs
-// the real kernel (root, BPF, tracefs) may run here. Where it cannot, the
-// test is skipped with the reason, except under CI=true, where a skipped
-// kernel test is a failure.
+// the real kernel (root, BPF, tracefs) may run here, and which kernel it runs
+// on (Release, KernelAtLeast), so that tests whose expectations differ by
+// version all read the version the same way.
+//
+// A test that cannot run says why, with one of two verdicts that must not be
+// mixed up: Unavailable (through Require) when the kernel or the privileges
+// do not allow it, and MissingTool when a program the test runs (promtool,
+// kubectl, systemd-analyze, ...) is not installed. Both skip the test, except
+// under CI=true, where either is a failure.
 package kerneltest
 
 import (
