@@ -57,8 +57,8 @@ func installed(find func() (string, error)) (string, error) {
 }
 
 // Install runs backends/install.sh once per process (as root: it uses
-// apt-get; the Collector build is cached in CacheDir, about five minutes
-// the first time), its output in the test log's stead going to
+// apt-get; the Collector build is cached in CacheDir, and the script logs
+// how long each step took), its output in the test log's stead going to
 // CacheDir/install.log.
 var Install = sync.OnceValue(func() error {
 	if os.Geteuid() != 0 {

@@ -10,7 +10,9 @@
 // HTTP query API, the Collector through the OTLP JSON its file exporter
 // writes, flattened into plain Go values (Span, Metric, LogRecord).
 //
-// It is meant for tests (and WaitReady for the benchmark's storm). Binaries that are missing are reported with
-// an error that says to run backends/install.sh; tests decide whether that
-// skips them or fails them (kerneltest.Unavailable fails under CI=true).
+// It is meant for tests (and WaitReady for the benchmark's storm).
+// Binaries that are missing are installed by Install where the tests run as
+// root, and otherwise reported with an error that says to run
+// backends/install.sh; tests decide whether that skips them or fails them
+// (kerneltest.MissingTool fails under CI=true).
 package backends

@@ -93,8 +93,8 @@ func Ops() (ops []Op, close func(), err error) {
 		}},
 		{"bpf(BPF_PROG_LOAD), 2 insns, log off", func() error {
 			r, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlbench"})
-			// The kernel answers EAGAIN to about one load in 20,000 here;
-			// that attempt costs what it costs, like any other.
+			// The kernel answers an occasional load with EAGAIN; that
+			// attempt costs what it costs, like any other.
 			if err == nil && !r.OK() && r.Errno != unix.EAGAIN {
 				err = r.Errno
 			}
@@ -104,11 +104,12 @@ func Ops() (ops []Op, close func(), err error) {
 	return ops, func() { m.Close() }, nil
 }
 
-// Iterations per op in one slice: about 10 ms of calls. The setups take
-// turns slice by slice, so that the machine's drift, which on a shared VM
-// moves a syscall's cost by a third over hundreds of milliseconds, hits
-// each setup alike; the time the kernel takes to attach and detach a setup
-// (Syscalls reports it) sets how close together the slices can be.
+// Iterations per op in one slice (times BENCHMARKS.md's ns/op, the slice's
+// length). The setups take turns slice by slice, so that the machine's
+// drift, which on a shared VM moves a syscall's cost by up to a third over
+// hundreds of milliseconds (BENCHMARKS.md), hits each setup alike; the time
+// the kernel takes to attach and detach a setup (Syscalls reports it) sets
+// how close together the slices can be.
 var Iterations = map[string]int{
 	"bpf(BPF_MAP_LOOKUP_ELEM)":             8_000,
 	"getpid()":                             40_000,

@@ -29,12 +29,15 @@ const (
 	// plainPerRound plain loads per round keep the record rate high (the
 	// chains take most of a round's time).
 	plainPerRound = 500
-	// chainInsns gives a level-2 log of about 120 KiB: two attempts for
-	// cilium/ebpf, three for aya, one for libbpf.
+	// chainInsns gives a level-2 log of about 120 KiB (MAX_NEED of
+	// `exporter recommend` over `exporter loadgen --program long --insns
+	// 1500 --log-level 2`): two attempts for cilium/ebpf, three for aya,
+	// one for libbpf.
 	chainInsns = 1500
-	// bigChainInsns gives a level-2 log of about 21 MB, past libbpf's
-	// 16 MiB: its ENOSPC and retry at 32 MiB. It keeps the kernel busy for
-	// about two seconds, so each thread makes one every bigChainEvery.
+	// bigChainInsns gives a level-2 log past libbpf's 16 MiB - 1 buffer:
+	// its ENOSPC and the retry at twice that (TestShortSoakPasses checks
+	// that libbpf's loads retried). The verifier works long on it, so each
+	// thread makes one only every bigChainEvery.
 	bigChainInsns = 240_000
 	bigChainEvery = 30 * time.Second
 	// rejectedShapes distinct lengths of rejected programs: each is its own

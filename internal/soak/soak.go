@@ -197,8 +197,8 @@ func (s *soaker) load() error {
 }
 
 // catchUp waits until the exporter has counted every attempt, or catchUp
-// has passed (records reach user space within about 20 ms; a backlog takes
-// longer).
+// has passed (the tracer reads the ring buffer at least every
+// tracer.FlushInterval; a backlog takes longer).
 func (s *soaker) catchUp() error {
 	deadline := time.Now().Add(catchUp)
 	for {
