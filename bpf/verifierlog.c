@@ -28,27 +28,18 @@
 #include "bpf_helpers.h"
 #include "bpf_tracing.h"
 #include "bpf_core_read.h"
+#include "attr.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 /*
- * The union bpf_attr fields the hooks read themselves (UAPI offsets; Go
- * decodes the rest). Bytes needed: through log_true_size for PROG_LOAD,
- * through btf_log_true_size for BTF_LOAD. Never more than the caller's attr
- * size is read.
+ * The hooks copy the caller's attr through the log's true size (struct
+ * prog_load_attr / btf_load_attr, bpf/attr.h), never more than the caller's
+ * attr size, and read the log fields themselves; Go decodes the rest.
  */
-#define PROG_LOAD_ATTR_NEED 144
-#define PROG_LOAD_LOG_LEVEL_OFF 24
-#define PROG_LOAD_LOG_SIZE_OFF 28
-#define PROG_LOAD_LOG_BUF_OFF 32
-#define PROG_LOAD_TRUE_SIZE_OFF 140
-
-#define BTF_LOAD_ATTR_NEED 32
-#define BTF_LOAD_LOG_BUF_OFF 8
-#define BTF_LOAD_LOG_SIZE_OFF 20
-#define BTF_LOAD_LOG_LEVEL_OFF 24
-#define BTF_LOAD_TRUE_SIZE_OFF 28
-
+#define offsetofend(type, member) (__builtin_offsetof(type, member) + sizeof(((type *)0)->member))
+#define PROG_LOAD_ATTR_NEED sizeof(struct prog_load_attr)
+#define BTF_LOAD_ATTR_NEED sizeof(struct btf_load_attr)
 #define ATTR_COPY_MAX PROG_LOAD_ATTR_NEED
 
 #define EACCES 13
@@ -56,9 +47,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 /*
  * Records are submitted without waking user space until this many bytes
- * wait in the ring buffer; the reader also polls (tracer/tracer.go,
- * flushInterval). Waking the reader for every load costs each load several
- * microseconds. Set by Go before load; 0 wakes on every record.
+ * wait in the ring buffer; the reader also wakes every tracer.FlushInterval.
+ * Waking the reader for every load would put a wakeup of user space on
+ * every load's path. Set by Go before load; 0 wakes on every record.
  */
 const volatile __u64 wakeup_bytes = 0;
 
@@ -162,7 +153,7 @@ enum lost_reason {
 	LOST_REASON_MAX,
 };
 
-/* Load records for user space. Read by tracer/reader.go; size set by Go. */
+/* Load records for user space. Read by tracer.Tracer.Run; size set by Go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
@@ -227,6 +218,8 @@ struct {
 /* Never read: they put the record types into BTF for bpf2go's -type. */
 const struct load_event *unused_load_event __attribute__((unused));
 const enum lost_reason *unused_lost_reason __attribute__((unused));
+const struct prog_load_attr *unused_prog_load_attr __attribute__((unused));
+const struct btf_load_attr *unused_btf_load_attr __attribute__((unused));
 
 static __always_inline void count_lost(enum lost_reason reason)
 {
@@ -531,17 +524,21 @@ static __always_inline void measure_log(struct load_event *e)
 	__u64 buf;
 
 	if (e->in.cmd == BPF_PROG_LOAD) {
-		if (e->in.attr_copied < PROG_LOAD_LOG_BUF_OFF + 8)
+		const struct prog_load_attr *a = (const void *)e->in.attr;
+
+		if (e->in.attr_copied < offsetofend(struct prog_load_attr, log_buf))
 			return;
-		level = *(__u32 *)&e->in.attr[PROG_LOAD_LOG_LEVEL_OFF];
-		size = *(__u32 *)&e->in.attr[PROG_LOAD_LOG_SIZE_OFF];
-		buf = *(__u64 *)&e->in.attr[PROG_LOAD_LOG_BUF_OFF];
+		level = a->log_level;
+		size = a->log_size;
+		buf = a->log_buf;
 	} else {
-		if (e->in.attr_copied < BTF_LOAD_LOG_LEVEL_OFF + 4)
+		const struct btf_load_attr *a = (const void *)e->in.attr;
+
+		if (e->in.attr_copied < offsetofend(struct btf_load_attr, btf_log_level))
 			return;
-		buf = *(__u64 *)&e->in.attr[BTF_LOAD_LOG_BUF_OFF];
-		size = *(__u32 *)&e->in.attr[BTF_LOAD_LOG_SIZE_OFF];
-		level = *(__u32 *)&e->in.attr[BTF_LOAD_LOG_LEVEL_OFF];
+		buf = a->btf_log_buf;
+		size = a->btf_log_size;
+		level = a->btf_log_level;
 	}
 	if (!level || !size || !buf)
 		return;
@@ -591,7 +588,8 @@ static __always_inline int record_exit(struct inflight_slot *slot, __s64 ret)
 	e->log_used = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 
-	off = e->in.cmd == BPF_PROG_LOAD ? PROG_LOAD_TRUE_SIZE_OFF : BTF_LOAD_TRUE_SIZE_OFF;
+	off = e->in.cmd == BPF_PROG_LOAD ? __builtin_offsetof(struct prog_load_attr, log_true_size) :
+					   __builtin_offsetof(struct btf_load_attr, btf_log_true_size);
 	if (!(e->in.flags & FLAG_KERNEL_CALLER) && e->in.attr_size >= off + 4 &&
 	    bpf_probe_read_user(&e->true_size_after, sizeof(e->true_size_after),
 				(const void *)(e->in.uattr + off)) == 0)

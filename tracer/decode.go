@@ -1,7 +1,6 @@
 package tracer
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"unsafe"
@@ -16,26 +15,6 @@ const (
 	flagKernelCaller   = 1 << 2
 	flagLogMeasured    = 1 << 3
 	flagLogScanCapped  = 1 << 4
-)
-
-// Offsets in union bpf_attr (UAPI, stable).
-const (
-	offProgType           = 0
-	offInsnCnt            = 4
-	offLogLevel           = 24
-	offLogSize            = 28
-	offLogBuf             = 32
-	offProgFlags          = 44
-	offProgName           = 48
-	offExpectedAttachType = 68
-	offLogTrueSize        = 140
-	progLoadAttrNeed      = 144 // offsetofend(log_true_size)
-
-	offBTFLogBuf      = 8
-	offBTFLogSize     = 20
-	offBTFLogLevel    = 24
-	offBTFLogTrueSize = 28
-	btfLoadAttrNeed   = 32 // offsetofend(btf_log_true_size)
 )
 
 // recordSize is the size of one ring-buffer record.
@@ -76,27 +55,32 @@ func (d *decoder) decode(raw []byte, ev *LoadEvent) error {
 	}
 	copy(ev.Comm[:], unsafe.Slice((*byte)(unsafe.Pointer(&r.Comm[0])), len(r.Comm)))
 
-	copied := min(int(r.In.AttrCopied), len(r.In.Attr))
-	attr := attrView(r.In.Attr[:copied])
-	var trueSizeOff, need int
+	// Bytes past what was copied read as zero, as the kernel zero-fills a
+	// short attr, so a field that the attr size cuts in two reads as the
+	// kernel saw it.
+	attr := r.In.Attr[:min(int(r.In.AttrCopied), len(r.In.Attr))]
+	var presetTrueSize uint32 // what the caller left in the true-size field
+	var trueSizeCopied bool
 	switch ev.Command {
 	case CmdProgLoad:
-		ev.ProgType = attr.u32(offProgType)
-		ev.InsnCnt = attr.u32(offInsnCnt)
-		ev.LogLevel = attr.u32(offLogLevel)
-		ev.LogSize = attr.u32(offLogSize)
-		ev.HasLogBuf = attr.u64(offLogBuf) != 0
-		ev.ProgFlags = attr.u32(offProgFlags)
-		ev.ExpectedAttachType = attr.u32(offExpectedAttachType)
-		if len(attr) > offProgName {
-			copy(ev.ProgName[:], attr[offProgName:])
-		}
-		trueSizeOff, need = offLogTrueSize, progLoadAttrNeed
+		var a ProgLoadAttr
+		copy(AttrBytes(&a), attr)
+		ev.ProgType = a.ProgType
+		ev.InsnCnt = a.InsnCnt
+		ev.LogLevel = a.LogLevel
+		ev.LogSize = a.LogSize
+		ev.HasLogBuf = a.LogBuf != 0
+		ev.ProgFlags = a.ProgFlags
+		ev.ExpectedAttachType = a.ExpectedAttachType
+		ev.ProgName = a.ProgName
+		presetTrueSize, trueSizeCopied = a.LogTrueSize, len(attr) >= int(ProgLoadAttrSize)
 	case CmdBTFLoad:
-		ev.LogLevel = attr.u32(offBTFLogLevel)
-		ev.LogSize = attr.u32(offBTFLogSize)
-		ev.HasLogBuf = attr.u64(offBTFLogBuf) != 0
-		trueSizeOff, need = offBTFLogTrueSize, btfLoadAttrNeed
+		var a BTFLoadAttr
+		copy(AttrBytes(&a), attr)
+		ev.LogLevel = a.BtfLogLevel
+		ev.LogSize = a.BtfLogSize
+		ev.HasLogBuf = a.BtfLogBuf != 0
+		presetTrueSize, trueSizeCopied = a.BtfLogTrueSize, len(attr) >= int(BTFLoadAttrSize)
 	default:
 		return fmt.Errorf("record for bpf command %d, which the tracer does not trace", r.In.Cmd)
 	}
@@ -112,7 +96,7 @@ func (d *decoder) decode(raw []byte, ev *LoadEvent) error {
 	case r.In.Flags&flagLogScanCapped != 0:
 		ev.LogUsedSize, ev.LogUsedAtLeast = r.LogUsed+1, true
 	}
-	if d.trueSizeKnown(ev, &r, attr, trueSizeOff, need) {
+	if d.trueSizeKnown(ev, &r, presetTrueSize, trueSizeCopied) {
 		ev.LogTrueSize = r.TrueSizeAfter
 		ev.LogTrueSizeKnown = true
 	}
@@ -126,13 +110,17 @@ func (d *decoder) decode(raw []byte, ev *LoadEvent) error {
 // or the load reached the verifier's log finalisation (success, ENOSPC,
 // or the verifier's EACCES), which always writes it. Anything else stays
 // unknown: a guess is never reported as a measurement.
-func (d *decoder) trueSizeKnown(ev *LoadEvent, r *verifierlogLoadEvent, attr attrView, off, need int) bool {
+func (d *decoder) trueSizeKnown(ev *LoadEvent, r *verifierlogLoadEvent, preset uint32, copied bool) bool {
+	need := ProgLoadAttrSize
+	if ev.Command == CmdBTFLoad {
+		need = BTFLoadAttrSize
+	}
 	if !d.trueSizeSupported || ev.KernelCaller || ev.AttrUnreadable ||
-		ev.AttrSize < uint32(need) || len(attr) < need ||
+		ev.AttrSize < need || !copied ||
 		r.In.Flags&flagTrueSizeRead == 0 || ev.LogLevel == 0 {
 		return false
 	}
-	if r.TrueSizeAfter != attr.u32(off) {
+	if r.TrueSizeAfter != preset {
 		return true
 	}
 	switch ev.Errno() {
@@ -140,25 +128,4 @@ func (d *decoder) trueSizeKnown(ev *LoadEvent, r *verifierlogLoadEvent, attr att
 		return true
 	}
 	return false
-}
-
-// attrView reads host-endian fields of a partial attr copy. Bytes beyond
-// its end read as zero, as the kernel zero-fills a short attr, so a field
-// that the attr size cuts in two reads as the kernel saw it.
-type attrView []byte
-
-func (a attrView) u32(off int) uint32 {
-	var b [4]byte
-	if off < len(a) {
-		copy(b[:], a[off:])
-	}
-	return binary.NativeEndian.Uint32(b[:])
-}
-
-func (a attrView) u64(off int) uint64 {
-	var b [8]byte
-	if off < len(a) {
-		copy(b[:], a[off:])
-	}
-	return binary.NativeEndian.Uint64(b[:])
 }

@@ -31,21 +31,15 @@ func (p rawProgLoad) bytes() []byte {
 	r.In.StartNs, r.EndNs = 1000, 251000
 	r.In.Cmd = uint32(CmdProgLoad)
 	r.In.AttrSize = p.attrSize
-	r.In.AttrCopied = min(p.attrSize, progLoadAttrNeed)
+	r.In.AttrCopied = min(p.attrSize, ProgLoadAttrSize)
 	r.In.Flags = p.flags
 	r.Pid, r.Tid, r.Uid, r.Gid, r.CgroupId = 10, 11, 12, 13, 14
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r.Comm[0])), 16), "loader")
+	attr := ProgLoadAttr{ProgType: 1, InsnCnt: 2, LogLevel: p.logLevel, LogSize: p.logSize, LogBuf: p.logBuf,
+		ProgFlags: 4, ExpectedAttachType: 7, LogTrueSize: p.trueSizeAttr}
+	copy(attr.ProgName[:], p.name)
 	a := r.In.Attr[:]
-	ne := binary.NativeEndian
-	ne.PutUint32(a[offProgType:], 1)
-	ne.PutUint32(a[offInsnCnt:], 2)
-	ne.PutUint32(a[offLogLevel:], p.logLevel)
-	ne.PutUint32(a[offLogSize:], p.logSize)
-	ne.PutUint64(a[offLogBuf:], p.logBuf)
-	ne.PutUint32(a[offProgFlags:], 4)
-	copy(a[offProgName:offProgName+16], p.name)
-	ne.PutUint32(a[offExpectedAttachType:], 7)
-	ne.PutUint32(a[offLogTrueSize:], p.trueSizeAttr)
+	copy(a, AttrBytes(&attr))
 	// Bytes past the caller's attr size were never copied: poison them.
 	for i := int(r.In.AttrCopied); i < len(a); i++ {
 		a[i] = 0xAA
@@ -139,12 +133,10 @@ func TestTrueSizeKnownOnlyWhereTheKernelWroteIt(t *testing.T) {
 func TestDecodeBTFLoad(t *testing.T) {
 	var r verifierlogLoadEvent
 	r.In.Cmd = uint32(CmdBTFLoad)
-	r.In.AttrSize, r.In.AttrCopied = 40, btfLoadAttrNeed
+	r.In.AttrSize, r.In.AttrCopied = 40, BTFLoadAttrSize
 	r.In.Flags = flagTrueSizeRead
-	ne := binary.NativeEndian
-	ne.PutUint64(r.In.Attr[offBTFLogBuf:], 0x1000)
-	ne.PutUint32(r.In.Attr[offBTFLogSize:], 128)
-	ne.PutUint32(r.In.Attr[offBTFLogLevel:], 1)
+	attr := BTFLoadAttr{BtfLogBuf: 0x1000, BtfLogSize: 128, BtfLogLevel: 1}
+	copy(r.In.Attr[:], AttrBytes(&attr))
 	r.TrueSizeAfter = 1109
 	r.Ret = -int64(unix.ENOSPC)
 	raw := unsafe.Slice((*byte)(unsafe.Pointer(&r)), recordSize)

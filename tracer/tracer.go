@@ -10,16 +10,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
-
-	"github.com/verifierlog/exporter/internal/loadgen"
 )
 
 // DefaultRingBufferBytes holds about 16,000 records.
@@ -331,13 +331,33 @@ func ringBufferSize(n int) uint32 {
 // buffer, size 0, level 1): kernels that write log_true_size (6.4+) answer
 // with it; older ones reject the query with EINVAL.
 func probeLogTrueSize() bool {
-	r, err := loadgen.LoadProgram(loadgen.ProgLoad{
-		Program:  loadgen.Valid,
-		Name:     "vlog_probe",
-		LogLevel: loadgen.LogLevel1,
-		NoLogBuf: true,
-	})
-	return err == nil && r.OK() && r.LogTrueSize > 0
+	// r0 = 0; exit. Every register and offset byte is zero, so these bytes
+	// mean the same in either byte order.
+	insns := [16]byte{0: 0xb7, 8: 0x95}
+	license := [4]byte{'G', 'P', 'L'}
+	attr := ProgLoadAttr{
+		ProgType: uint32(ebpf.SocketFilter),
+		InsnCnt:  2,
+		Insns:    uint64(uintptr(unsafe.Pointer(&insns[0]))),
+		License:  uint64(uintptr(unsafe.Pointer(&license[0]))),
+		LogLevel: LogLevel1,
+	}
+	copy(attr.ProgName[:], "vlog_probe")
+	var fd uintptr
+	var errno unix.Errno
+	for range 5 { // a pending signal makes the verifier answer EAGAIN
+		fd, _, errno = unix.Syscall(unix.SYS_BPF, uintptr(CmdProgLoad), uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+		if errno != unix.EAGAIN {
+			break
+		}
+	}
+	runtime.KeepAlive(&insns)
+	runtime.KeepAlive(&license)
+	if errno != 0 {
+		return false
+	}
+	unix.Close(int(fd))
+	return attr.LogTrueSize > 0
 }
 
 func kernelRelease() string {

@@ -13,6 +13,16 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type verifierlogBtfLoadAttr struct {
+	_              structs.HostLayout
+	Btf            uint64
+	BtfLogBuf      uint64
+	BtfSize        uint32
+	BtfLogSize     uint32
+	BtfLogLevel    uint32
+	BtfLogTrueSize uint32
+}
+
 type verifierlogInflightSlot struct {
 	_    structs.HostLayout
 	Busy uint32
@@ -63,6 +73,36 @@ const (
 	verifierlogLostReasonLOST_REASON_MAX      verifierlogLostReason = 4
 )
 
+type verifierlogProgLoadAttr struct {
+	_                  structs.HostLayout
+	ProgType           uint32
+	InsnCnt            uint32
+	Insns              uint64
+	License            uint64
+	LogLevel           uint32
+	LogSize            uint32
+	LogBuf             uint64
+	KernVersion        uint32
+	ProgFlags          uint32
+	ProgName           [16]uint8
+	ProgIfindex        uint32
+	ExpectedAttachType uint32
+	ProgBtfFd          uint32
+	FuncInfoRecSize    uint32
+	FuncInfo           uint64
+	FuncInfoCnt        uint32
+	LineInfoRecSize    uint32
+	LineInfo           uint64
+	LineInfoCnt        uint32
+	AttachBtfId        uint32
+	AttachProgFd       uint32
+	CoreReloCnt        uint32
+	FdArray            uint64
+	CoreRelos          uint64
+	CoreReloRecSize    uint32
+	LogTrueSize        uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -87,8 +127,10 @@ const (
 	verifierlogVarLoadsInFlight               = "loads_in_flight"
 	verifierlogVarLogScanMax                  = "log_scan_max"
 	verifierlogVarProgLoadArgSlots            = "prog_load_arg_slots"
+	verifierlogVarUnusedBtfLoadAttr           = "unused_btf_load_attr"
 	verifierlogVarUnusedLoadEvent             = "unused_load_event"
 	verifierlogVarUnusedLostReason            = "unused_lost_reason"
+	verifierlogVarUnusedProgLoadAttr          = "unused_prog_load_attr"
 	verifierlogVarWakeupBytes                 = "wakeup_bytes"
 )
 
@@ -166,8 +208,10 @@ type verifierlogVariableSpecs struct {
 	LoadsInFlight               *ebpf.VariableSpec `ebpf:"loads_in_flight"`
 	LogScanMax                  *ebpf.VariableSpec `ebpf:"log_scan_max"`
 	ProgLoadArgSlots            *ebpf.VariableSpec `ebpf:"prog_load_arg_slots"`
+	UnusedBtfLoadAttr           *ebpf.VariableSpec `ebpf:"unused_btf_load_attr"`
 	UnusedLoadEvent             *ebpf.VariableSpec `ebpf:"unused_load_event"`
 	UnusedLostReason            *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
+	UnusedProgLoadAttr          *ebpf.VariableSpec `ebpf:"unused_prog_load_attr"`
 	WakeupBytes                 *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -216,8 +260,10 @@ type verifierlogVariables struct {
 	LoadsInFlight               *ebpf.Variable `ebpf:"loads_in_flight"`
 	LogScanMax                  *ebpf.Variable `ebpf:"log_scan_max"`
 	ProgLoadArgSlots            *ebpf.Variable `ebpf:"prog_load_arg_slots"`
+	UnusedBtfLoadAttr           *ebpf.Variable `ebpf:"unused_btf_load_attr"`
 	UnusedLoadEvent             *ebpf.Variable `ebpf:"unused_load_event"`
 	UnusedLostReason            *ebpf.Variable `ebpf:"unused_lost_reason"`
+	UnusedProgLoadAttr          *ebpf.Variable `ebpf:"unused_prog_load_attr"`
 	WakeupBytes                 *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

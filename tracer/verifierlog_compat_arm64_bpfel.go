@@ -54,8 +54,10 @@ const (
 	verifierlogCompatVarLogScanMax                  = "log_scan_max"
 	verifierlogCompatVarProgLoadArgSlots            = "prog_load_arg_slots"
 	verifierlogCompatVarSyscallRegsOffset           = "syscall_regs_offset"
+	verifierlogCompatVarUnusedBtfLoadAttr           = "unused_btf_load_attr"
 	verifierlogCompatVarUnusedLoadEvent             = "unused_load_event"
 	verifierlogCompatVarUnusedLostReason            = "unused_lost_reason"
+	verifierlogCompatVarUnusedProgLoadAttr          = "unused_prog_load_attr"
 	verifierlogCompatVarWakeupBytes                 = "wakeup_bytes"
 )
 
@@ -134,8 +136,10 @@ type verifierlogCompatVariableSpecs struct {
 	LogScanMax                  *ebpf.VariableSpec `ebpf:"log_scan_max"`
 	ProgLoadArgSlots            *ebpf.VariableSpec `ebpf:"prog_load_arg_slots"`
 	SyscallRegsOffset           *ebpf.VariableSpec `ebpf:"syscall_regs_offset"`
+	UnusedBtfLoadAttr           *ebpf.VariableSpec `ebpf:"unused_btf_load_attr"`
 	UnusedLoadEvent             *ebpf.VariableSpec `ebpf:"unused_load_event"`
 	UnusedLostReason            *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
+	UnusedProgLoadAttr          *ebpf.VariableSpec `ebpf:"unused_prog_load_attr"`
 	WakeupBytes                 *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -185,8 +189,10 @@ type verifierlogCompatVariables struct {
 	LogScanMax                  *ebpf.Variable `ebpf:"log_scan_max"`
 	ProgLoadArgSlots            *ebpf.Variable `ebpf:"prog_load_arg_slots"`
 	SyscallRegsOffset           *ebpf.Variable `ebpf:"syscall_regs_offset"`
+	UnusedBtfLoadAttr           *ebpf.Variable `ebpf:"unused_btf_load_attr"`
 	UnusedLoadEvent             *ebpf.Variable `ebpf:"unused_load_event"`
 	UnusedLostReason            *ebpf.Variable `ebpf:"unused_lost_reason"`
+	UnusedProgLoadAttr          *ebpf.Variable `ebpf:"unused_prog_load_attr"`
 	WakeupBytes                 *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

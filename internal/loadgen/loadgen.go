@@ -21,14 +21,18 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
+
+	"github.com/verifierlog/exporter/tracer"
 )
 
-// UAPI sizes and offsets in union bpf_attr.
+// The attr sizes that reach the log's true size: the tracer's, which
+// bpf/attr.h declares.
 const (
-	ProgLoadAttrSize  = 144 // offsetofend(union bpf_attr, log_true_size)
-	BTFLoadAttrSize   = 32  // offsetofend(union bpf_attr, btf_log_true_size)
-	progTrueSizeOff   = 140
-	btfTrueSizeOff    = 28
+	ProgLoadAttrSize = tracer.ProgLoadAttrSize
+	BTFLoadAttrSize  = tracer.BTFLoadAttrSize
+)
+
+const (
 	bpfObjNameLen     = 16
 	socketFilterType  = 1 // BPF_PROG_TYPE_SOCKET_FILTER
 	cmdProgLoad       = 5
@@ -38,12 +42,12 @@ const (
 	maxProgNameLength = bpfObjNameLen - 1
 )
 
-// Log levels (UAPI).
+// Log levels: the tracer's.
 const (
-	LogLevel1     = 1
-	LogLevel2     = 2
-	LogLevelStats = 4
-	LogLevelFixed = 8
+	LogLevel1     = tracer.LogLevel1
+	LogLevel2     = tracer.LogLevel2
+	LogLevelStats = tracer.LogLevelStats
+	LogLevelFixed = tracer.LogLevelFixed
 )
 
 // Program is the kind of program to load.
@@ -212,37 +216,38 @@ func LoadProgram(p ProgLoad) (Result, error) {
 	if attrSize == 0 && !p.ZeroAttrSize {
 		attrSize = ProgLoadAttrSize
 	}
-	attr := make([]byte, max(int(attrSize), ProgLoadAttrSize))
+	attr := make([]byte, max(int(attrSize), int(ProgLoadAttrSize)))
 	var logBuf []byte
 	if !p.NoLogBuf && p.LogSize > 0 && p.LogBufAddr == 0 {
 		logBuf = make([]byte, p.LogSize)
 	}
-	ne := binary.NativeEndian
-	progType := p.ProgType
-	if progType == 0 {
-		progType = socketFilterType
+	a := tracer.ProgLoadAttr{
+		ProgType:    p.ProgType,
+		InsnCnt:     uint32(len(insns) / asm.InstructionSize),
+		Insns:       uint64(uintptr(unsafe.Pointer(&insns[0]))),
+		License:     uint64(uintptr(unsafe.Pointer(&license[0]))),
+		LogLevel:    p.LogLevel,
+		LogSize:     p.LogSize,
+		LogTrueSize: p.TrueSizePreset,
 	}
-	ne.PutUint32(attr[0:], progType)
-	ne.PutUint32(attr[4:], uint32(len(insns)/asm.InstructionSize))
-	ne.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&insns[0]))))
+	if a.ProgType == 0 {
+		a.ProgType = socketFilterType
+	}
 	if p.InsnsAddr != 0 {
-		ne.PutUint64(attr[8:], uint64(p.InsnsAddr))
+		a.Insns = uint64(p.InsnsAddr)
 	}
-	ne.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&license[0]))))
-	ne.PutUint32(attr[24:], p.LogLevel)
-	ne.PutUint32(attr[28:], p.LogSize)
 	switch {
 	case p.LogBufAddr != 0:
-		ne.PutUint64(attr[32:], uint64(p.LogBufAddr))
+		a.LogBuf = uint64(p.LogBufAddr)
 	case logBuf != nil:
-		ne.PutUint64(attr[32:], uint64(uintptr(unsafe.Pointer(&logBuf[0]))))
+		a.LogBuf = uint64(uintptr(unsafe.Pointer(&logBuf[0])))
 	}
 	if p.RawName != nil {
-		copy(attr[48:48+bpfObjNameLen], p.RawName[:])
+		a.ProgName = *p.RawName
 	} else {
-		copy(attr[48:48+maxProgNameLength], p.Name)
+		copy(a.ProgName[:maxProgNameLength], p.Name)
 	}
-	ne.PutUint32(attr[progTrueSizeOff:], p.TrueSizePreset)
+	copy(attr, tracer.AttrBytes(&a))
 
 	res := call(cmdProgLoad, attr, attrSize, p.AttrPtr, p.NullAttr, p.Comm, p.BeforeSyscall, p.AfterSyscall)
 	runtime.KeepAlive(insns)
@@ -251,7 +256,8 @@ func LoadProgram(p ProgLoad) (Result, error) {
 	res.LogSize = p.LogSize
 	res.LogTrueSize = p.TrueSizePreset
 	if p.AttrPtr == 0 && !p.NullAttr && attrSize >= ProgLoadAttrSize {
-		res.LogTrueSize = ne.Uint32(attr[progTrueSizeOff:])
+		copy(tracer.AttrBytes(&a), attr)
+		res.LogTrueSize = a.LogTrueSize
 	}
 	res.Log = cString(logBuf)
 	return res, nil
@@ -283,20 +289,22 @@ func LoadBTF(b BTFLoad) (Result, error) {
 	if attrSize == 0 {
 		attrSize = BTFLoadAttrSize
 	}
-	attr := make([]byte, max(int(attrSize), BTFLoadAttrSize))
+	attr := make([]byte, max(int(attrSize), int(BTFLoadAttrSize)))
 	var logBuf []byte
 	if !b.NoLogBuf && b.LogSize > 0 {
 		logBuf = make([]byte, b.LogSize)
 	}
-	ne := binary.NativeEndian
-	ne.PutUint64(attr[0:], uint64(uintptr(unsafe.Pointer(&blob[0]))))
-	if logBuf != nil {
-		ne.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&logBuf[0]))))
+	a := tracer.BTFLoadAttr{
+		Btf:            uint64(uintptr(unsafe.Pointer(&blob[0]))),
+		BtfSize:        uint32(len(blob)),
+		BtfLogSize:     b.LogSize,
+		BtfLogLevel:    b.LogLevel,
+		BtfLogTrueSize: b.TrueSizePreset,
 	}
-	ne.PutUint32(attr[16:], uint32(len(blob)))
-	ne.PutUint32(attr[20:], b.LogSize)
-	ne.PutUint32(attr[24:], b.LogLevel)
-	ne.PutUint32(attr[btfTrueSizeOff:], b.TrueSizePreset)
+	if logBuf != nil {
+		a.BtfLogBuf = uint64(uintptr(unsafe.Pointer(&logBuf[0])))
+	}
+	copy(attr, tracer.AttrBytes(&a))
 
 	res := call(cmdBTFLoad, attr, attrSize, b.AttrPtr, b.NullAttr, b.Comm, nil, nil)
 	runtime.KeepAlive(blob)
@@ -304,7 +312,8 @@ func LoadBTF(b BTFLoad) (Result, error) {
 	res.LogTrueSize = b.TrueSizePreset
 	res.LogSize = b.LogSize
 	if b.AttrPtr == 0 && !b.NullAttr && attrSize >= BTFLoadAttrSize {
-		res.LogTrueSize = ne.Uint32(attr[btfTrueSizeOff:])
+		copy(tracer.AttrBytes(&a), attr)
+		res.LogTrueSize = a.BtfLogTrueSize
 	}
 	res.Log = cString(logBuf)
 	return res, nil
