@@ -15,6 +15,7 @@ const (
 	flagKernelCaller   = 1 << 2
 	flagLogMeasured    = 1 << 3
 	flagLogScanCapped  = 1 << 4
+	flagLogScanFault   = 1 << 5
 )
 
 // recordSize is the size of one ring-buffer record.
@@ -95,6 +96,8 @@ func (d *decoder) decode(raw []byte, ev *LoadEvent) error {
 		ev.LogUsedSize = r.LogUsed + 1
 	case r.In.Flags&flagLogScanCapped != 0:
 		ev.LogUsedSize, ev.LogUsedAtLeast = r.LogUsed+1, true
+	case r.In.Flags&flagLogScanFault != 0:
+		ev.LogScanFault = true
 	}
 	if d.trueSizeKnown(ev, &r, presetTrueSize, trueSizeCopied) {
 		ev.LogTrueSize = r.TrueSizeAfter

@@ -327,3 +327,18 @@ func TestMeasuredNeedOnlyWhereTheKernelWroteTheLog(t *testing.T) {
 		}
 	}
 }
+
+// A scan that faulted leaves the need unknown and says so; only a load
+// whose log fit is scanned, so only such a record can carry the fault.
+func TestLogScanFaultIsDecodedOnlyWhereTheLogFit(t *testing.T) {
+	d := decoder{}
+	for ret, want := range map[int64]bool{3: true, -int64(unix.EACCES): true, -int64(unix.EINVAL): false, -int64(unix.ENOSPC): false} {
+		ev := decodeOne(t, d, rawProgLoad{attrSize: 128, logLevel: 1, logSize: 4096, logBuf: 1, ret: ret, flags: flagLogScanFault}.bytes())
+		if ev.LogScanFault != want || ev.LogUsedSize != 0 {
+			t.Errorf("ret %d: scan fault %v, measured %d; want fault %v, nothing measured", ret, ev.LogScanFault, ev.LogUsedSize, want)
+		}
+		if need, src := ev.Need(); need != 0 || src != NeedUnknown {
+			t.Errorf("ret %d: need %d from %q after a faulted scan", ret, need, src)
+		}
+	}
+}

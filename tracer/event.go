@@ -137,6 +137,10 @@ type LoadEvent struct {
 	// scan stopped at its cap and the need is at least LogUsedSize.
 	LogUsedSize    uint32
 	LogUsedAtLeast bool
+	// LogScanFault: the log fit, but the caller's buffer could not be read
+	// back to measure it (unmapped or paged out by then), so the need is
+	// unknown unless the kernel wrote log_true_size.
+	LogScanFault bool
 
 	Ret        int64 // fd or -errno
 	AttachMode AttachMode
@@ -184,19 +188,28 @@ func (e *LoadEvent) Truncated() bool {
 	return e.Errno() == unix.ENOSPC && e.HasLogBuf && e.LogLevel > 0
 }
 
+// NeedSource says where a load's log need came from; its value is the
+// source label of metrics and JSON records.
+type NeedSource string
+
+const (
+	NeedUnknown  NeedSource = ""
+	NeedKernel   NeedSource = "kernel"   // the kernel's log_true_size
+	NeedMeasured NeedSource = "measured" // the measured length + 1 of a log that fit
+)
+
 // Need is the buffer size, NUL included, that holds the whole log, and
-// where it came from: "kernel" (log_true_size), "measured" (the log's length
-// + 1 in the caller's buffer), or "" with 0 when unknown.
-func (e *LoadEvent) Need() (uint32, string) {
+// where it came from; 0 with NeedUnknown when unknown.
+func (e *LoadEvent) Need() (uint32, NeedSource) {
 	switch {
 	case e.LogLevel == 0:
-		return 0, ""
+		return 0, NeedUnknown
 	case e.LogTrueSizeKnown:
-		return e.LogTrueSize, "kernel"
+		return e.LogTrueSize, NeedKernel
 	case e.LogUsedSize > 0 && !e.LogUsedAtLeast:
-		return e.LogUsedSize, "measured"
+		return e.LogUsedSize, NeedMeasured
 	}
-	return 0, ""
+	return 0, NeedUnknown
 }
 
 // Duration is the time the kernel spent in the load.

@@ -30,13 +30,13 @@ type Record struct {
 	LogUsedSize uint32 `json:"log_used_size"`
 	// LogUsedAtLeast: the scan hit its cap; the need is at least
 	// LogUsedSize.
-	LogUsedAtLeast bool   `json:"log_used_size_at_least"`
-	LogNeedSource  string `json:"log_need_source"` // "kernel", "measured" or ""
-	Ret            int64  `json:"ret"`
-	Errno          string `json:"errno"`
-	Truncated      bool   `json:"truncated"`
-	DurationNs     uint64 `json:"duration_ns"`
-	AttachMode     string `json:"attach_mode"`
+	LogUsedAtLeast bool       `json:"log_used_size_at_least"`
+	LogNeedSource  NeedSource `json:"log_need_source"` // "kernel", "measured" or ""
+	Ret            int64      `json:"ret"`
+	Errno          string     `json:"errno"`
+	Truncated      bool       `json:"truncated"`
+	DurationNs     uint64     `json:"duration_ns"`
+	AttachMode     string     `json:"attach_mode"`
 }
 
 // RFC3339NanoFixed is RFC 3339 with all nine fractional digits.
@@ -95,8 +95,16 @@ var progTypeNames = [...]string{
 // ProgTypeName is the kernel's name of a program type ("socket_filter"),
 // or its number for types this build does not know.
 func ProgTypeName(t uint32) string {
-	if int(t) < len(progTypeNames) {
-		return progTypeNames[t]
+	if name, ok := KnownProgType(t); ok {
+		return name
 	}
 	return strconv.FormatUint(uint64(t), 10)
+}
+
+// KnownProgType is the kernel's name of a program type this build knows.
+func KnownProgType(t uint32) (string, bool) {
+	if int(t) < len(progTypeNames) {
+		return progTypeNames[t], true
+	}
+	return "", false
 }

@@ -81,6 +81,7 @@ type Tracer struct {
 
 	events       atomic.Uint64
 	decodeErrors atomic.Uint64
+	scanFaults   atomic.Uint64
 }
 
 // New loads the programs and attaches them. In auto mode it tries fentry,
@@ -200,6 +201,10 @@ func (t *Tracer) Clock() WallClock { return t.clock }
 // Events is the number of records decoded so far.
 func (t *Tracer) Events() uint64 { return t.events.Load() }
 
+// LogScanFaults is the number of records whose log fit but could not be
+// read back to measure it (LoadEvent.LogScanFault).
+func (t *Tracer) LogScanFaults() uint64 { return t.scanFaults.Load() }
+
 // Run calls handle for every load record until ctx is done. Then it
 // detaches the hooks, hands over what the ring buffer still holds, and
 // returns. handle runs on Run's goroutine; ev is reused, so copy what you
@@ -235,6 +240,9 @@ func (t *Tracer) Run(ctx context.Context, handle func(ev *LoadEvent)) error {
 			continue
 		}
 		t.events.Add(1)
+		if ev.LogScanFault {
+			t.scanFaults.Add(1)
+		}
 		handle(&ev)
 	}
 }
