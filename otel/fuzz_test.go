@@ -55,7 +55,7 @@ func FuzzPipeline(f *testing.F) {
 			p.Handle(&ev)
 			p.Sweep(now)
 		}
-		if n := len(p.loaders.names); n > 3 {
+		if n := p.ledger.Loaders(); n > 3 {
 			t.Fatalf("%d loader labels, limit 3", n)
 		}
 		p.Flush()

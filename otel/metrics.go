@@ -38,6 +38,7 @@ const (
 	keyResult   = "result"
 	keySource   = "source"
 	keyReason   = "reason"
+	keyCoverage = "coverage"
 )
 
 // instruments are the per-event metrics of the README's metrics table, by their
@@ -52,9 +53,6 @@ type instruments struct {
 	duration      *instrument // bpf_prog_load_duration_seconds
 	attempts      *instrument // bpf_prog_load_attempts
 }
-
-// numInstruments sizes attrOpts.series.
-const numInstruments = 8
 
 func newInstruments(r *Recorder) *instruments {
 	return &instruments{
@@ -84,6 +82,7 @@ type Source interface {
 	KernelRelease() string
 	LogTrueSizeSupported() bool
 	Events() uint64
+	LogScanFaults() uint64
 	Lost() (map[tracer.LostReason]uint64, error)
 }
 
@@ -113,7 +112,8 @@ func ReadBuildInfo(version string) BuildInfo {
 }
 
 // registerSelfMetrics registers the exporter's own observable metrics:
-// build info, events read, events lost by reason, tracer info.
+// build info, events read, log scans that faulted, events lost by reason,
+// tracer info.
 func registerSelfMetrics(m metric.Meter, src Source, build BuildInfo) error {
 	buildInfo, err := m.Int64ObservableGauge("verifierlog_exporter_build_info",
 		metric.WithDescription("Always 1; labels describe the exporter build."))
@@ -122,6 +122,11 @@ func registerSelfMetrics(m metric.Meter, src Source, build BuildInfo) error {
 	}
 	events, err := m.Int64ObservableCounter("verifierlog_exporter_events",
 		metric.WithDescription("Load records read from the kernel."), metric.WithUnit("{event}"))
+	if err != nil {
+		return err
+	}
+	scanFaults, err := m.Int64ObservableCounter("verifierlog_exporter_log_scan_faults",
+		metric.WithDescription("Loads whose log fit but whose buffer could not be read back to measure it (unmapped or paged out by then); their need is unknown unless the kernel wrote log_true_size."), metric.WithUnit("{event}"))
 	if err != nil {
 		return err
 	}
@@ -150,6 +155,7 @@ func registerSelfMetrics(m metric.Meter, src Source, build BuildInfo) error {
 		o.ObserveInt64(buildInfo, 1, buildAttrs)
 		o.ObserveInt64(info, 1, infoAttrs)
 		o.ObserveInt64(events, int64(src.Events()))
+		o.ObserveInt64(scanFaults, int64(src.LogScanFaults()))
 		counts, err := src.Lost()
 		if err != nil {
 			return err
@@ -158,6 +164,6 @@ func registerSelfMetrics(m metric.Meter, src Source, build BuildInfo) error {
 			o.ObserveInt64(lost, int64(counts[r]), reasonAttrs[i])
 		}
 		return nil
-	}, buildInfo, events, lost, info)
+	}, buildInfo, events, scanFaults, lost, info)
 	return err
 }

@@ -11,16 +11,9 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/verifierlog/exporter/sizing"
 	"github.com/verifierlog/exporter/tracer"
 )
-
-// DefaultChainWindow is how long after an attempt's end a retry still
-// belongs to the same logical load.
-const DefaultChainWindow = 5 * time.Second
-
-// maxOpenChains bounds the open retry chains: past it a new chain is ended
-// right after its attempt, so hostile loaders cannot grow the table.
-const maxOpenChains = 1 << 16
 
 // Config configures a Pipeline.
 type Config struct {
@@ -34,55 +27,50 @@ type Config struct {
 	// TracerProvider exports spans; nil records none (and costs nothing).
 	TracerProvider trace.TracerProvider
 	Clock          tracer.WallClock
-	ChainWindow    time.Duration // 0: DefaultChainWindow
-	LoaderLimit    int           // 0: DefaultLoaderLimit
+	ChainWindow    time.Duration // 0: sizing.DefaultChainWindow
+	LoaderLimit    int           // 0: sizing.DefaultLoaderLimit
 	// Source feeds the self metrics; nil registers none.
 	Source Source
 	Build  BuildInfo
 	// RecommendWindow is how far back recommended sizes look; 0:
-	// DefaultRecommendWindow.
+	// sizing.DefaultRecommendWindow.
 	RecommendWindow time.Duration
 	// Now is CLOCK_MONOTONIC in ns (tests replace it); nil: the real one.
 	Now func() uint64
 	// Defaults are the buffer sizes whose effect recommendations report;
-	// nil: WellKnownDefaults.
-	Defaults []Default
+	// nil: sizing.WellKnownDefaults.
+	Defaults []sizing.Default
 }
 
-// Pipeline classifies load events, correlates retry chains and records
-// metrics and spans. Handle and Sweep may be called from different
-// goroutines.
+// Pipeline records what a sizing.Ledger concludes of each load event as
+// metrics and spans: it is the Ledger's Sink. Handle, Sweep, Flush and the
+// readers may be called from different goroutines.
 type Pipeline struct {
-	mu      sync.Mutex
-	clock   tracer.WallClock
-	window  uint64 // ns
-	in      *instruments
-	rec     *Recorder
-	tracer  trace.Tracer // nil: no spans
-	loaders *loaderLabels
-	open    map[chainKey]*chain
-	free    []*chain
-
-	windows         map[recommendKey]*loaderWindow
-	defaults        []Default
-	recommendWindow time.Duration
-	now             func() uint64
+	mu     sync.Mutex
+	ledger *sizing.Ledger
+	clock  tracer.WallClock
+	in     *instruments
+	rec    *Recorder
+	tracer trace.Tracer // nil: no spans
+	spans  map[*sizing.Chain]chainSpan
+	now    func() uint64
 
 	loadOpts   *optCache[loadKey]
 	loaderOpts *optCache[loaderKey]
 	resultOpts *optCache[resultKey]
 	sourceOpts *optCache[sourceKey]
-	ctx        context.Context
+}
+
+// chainSpan is the span of one open chain.
+type chainSpan struct {
+	span trace.Span
+	ctx  context.Context
 }
 
 // New creates the instruments on cfg.MeterProvider.
 func New(cfg Config) (*Pipeline, error) {
 	if cfg.MeterProvider == nil {
 		return nil, errors.New("otel: Config.MeterProvider is required")
-	}
-	window := cfg.ChainWindow
-	if window <= 0 {
-		window = DefaultChainWindow
 	}
 	meter := cfg.MeterProvider.Meter(ScopeName)
 	rec := cfg.Recorder
@@ -96,113 +84,98 @@ func New(cfg Config) (*Pipeline, error) {
 		}
 	}
 	p := &Pipeline{
-		windows:         make(map[recommendKey]*loaderWindow),
-		defaults:        cfg.Defaults,
-		recommendWindow: cfg.RecommendWindow,
-		now:             cfg.Now,
-		clock:           cfg.Clock,
-		window:          uint64(window),
-		in:              in,
-		rec:             rec,
-		loaders:         newLoaderLabels(cfg.LoaderLimit),
-		open:            make(map[chainKey]*chain),
-		ctx:             context.Background(),
+		now:   cfg.Now,
+		clock: cfg.Clock,
+		in:    in,
+		rec:   rec,
+		spans: make(map[*sizing.Chain]chainSpan),
 	}
+	p.ledger = sizing.NewLedger(sizing.Config{
+		ChainWindow:     cfg.ChainWindow,
+		LoaderLimit:     cfg.LoaderLimit,
+		RecommendWindow: cfg.RecommendWindow,
+		Defaults:        cfg.Defaults,
+	}, p)
 	if cfg.TracerProvider != nil {
 		p.tracer = cfg.TracerProvider.Tracer(ScopeName)
-	}
-	if p.recommendWindow <= 0 {
-		p.recommendWindow = DefaultRecommendWindow
 	}
 	if p.now == nil {
 		p.now = tracer.MonotonicNow
 	}
-	if p.defaults == nil {
-		p.defaults = WellKnownDefaults
-	}
 	if err := p.registerRecommendations(meter); err != nil {
 		return nil, err
 	}
-	p.loadOpts = newOptCache(func(k loadKey) []attribute.KeyValue {
+	n := len(rec.instruments)
+	p.loadOpts = newOptCache(n, func(k loadKey) []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader),
 			attribute.String(keyProgType, k.progType), attribute.String(keyLogMode, k.mode.String()), attribute.String(keyResult, k.result)}
 	})
-	p.loaderOpts = newOptCache(func(k loaderKey) []attribute.KeyValue {
+	p.loaderOpts = newOptCache(n, func(k loaderKey) []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader)}
 	})
-	p.resultOpts = newOptCache(func(k resultKey) []attribute.KeyValue {
+	p.resultOpts = newOptCache(n, func(k resultKey) []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader), attribute.String(keyResult, k.result)}
 	})
-	p.sourceOpts = newOptCache(func(k sourceKey) []attribute.KeyValue {
-		return []attribute.KeyValue{attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader), attribute.String(keySource, k.source.String())}
+	p.sourceOpts = newOptCache(n, func(k sourceKey) []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader), attribute.String(keySource, string(k.source))}
 	})
 	return p, nil
 }
 
 // Handle records one load attempt. ev is not kept.
 func (p *Pipeline) Handle(ev *tracer.LoadEvent) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.rec.mu.Lock()
-	defer p.rec.mu.Unlock()
-
-	loader := p.loaders.label(ev.Comm)
-	class := Classify(ev)
-	p.recordAttempt(ev, loader, class)
-
-	key := keyOf(ev)
-	c := p.open[key]
-	if c != nil && ev.StartNs > c.lastEndNs+p.window {
-		p.endChain(c)
-		c = nil
-	}
-	if c == nil {
-		c = p.startChain(key, ev, loader)
-	}
-	c.add(ev, class)
-	if p.tracer != nil {
-		p.attemptSpan(c, ev, class)
-	}
-	if ev.OK() || len(p.open) > maxOpenChains {
-		p.endChain(c)
-	}
+	p.lock()
+	defer p.unlock()
+	p.ledger.Add(ev)
 }
 
 // Sweep ends the chains whose window has passed at nowNs (CLOCK_MONOTONIC).
 func (p *Pipeline) Sweep(nowNs uint64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.rec.mu.Lock()
-	defer p.rec.mu.Unlock()
-	for _, c := range p.open {
-		if nowNs > c.lastEndNs+p.window {
-			p.endChain(c)
-		}
-	}
+	p.lock()
+	defer p.unlock()
+	p.ledger.Sweep(nowNs)
 }
 
 // Flush ends every open chain (at shutdown).
 func (p *Pipeline) Flush() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.rec.mu.Lock()
-	defer p.rec.mu.Unlock()
-	for _, c := range p.open {
-		p.endChain(c)
-	}
+	p.lock()
+	defer p.unlock()
+	p.ledger.Flush()
 }
 
 // OpenChains is the number of retry chains still open.
 func (p *Pipeline) OpenChains() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.open)
+	return p.ledger.OpenChains()
 }
 
-func (p *Pipeline) recordAttempt(ev *tracer.LoadEvent, loader string, class Class) {
+// Recommendations reports, per loader, what its logs needed and what
+// buffer would have held them.
+func (p *Pipeline) Recommendations() sizing.Recommendations {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ledger.Recommendations(p.now())
+}
+
+// lock takes the pipeline's lock and the Recorder's, which the Sink
+// methods record into, once for all of an event's measurements.
+func (p *Pipeline) lock() {
+	p.mu.Lock()
+	p.rec.mu.Lock()
+}
+
+func (p *Pipeline) unlock() {
+	p.rec.mu.Unlock()
+	p.mu.Unlock()
+}
+
+// Attempt implements sizing.Sink: the attempt's metrics, and its span as a
+// child of its chain's.
+func (p *Pipeline) Attempt(ev *tracer.LoadEvent, class sizing.Class, c *sizing.Chain) {
 	result := resultLabel(ev)
-	p.rec.add(p.in.loads, p.loadOpts.get(loadKey{ev.Command, loader, progTypeLabel(ev), ev.LogMode(), result}), 1)
-	cl := p.loaderOpts.get(loaderKey{ev.Command, loader})
+	p.rec.add(p.in.loads, p.loadOpts.get(loadKey{ev.Command, c.Loader, progTypeLabel(ev), ev.LogMode(), result}), 1)
+	cl := p.loaderOpts.get(loaderKey{ev.Command, c.Loader})
 	if ev.HasLogBuf && ev.LogLevel > 0 {
 		p.rec.observe(p.in.bufferBytes, cl, float64(ev.LogSize))
 	}
@@ -212,129 +185,54 @@ func (p *Pipeline) recordAttempt(ev *tracer.LoadEvent, loader string, class Clas
 	if class.ShortfallKnown {
 		p.rec.observe(p.in.shortfall, cl, float64(class.Shortfall))
 	}
-	p.rec.observe(p.in.duration, p.resultOpts.get(resultKey{ev.Command, loader, result}), ev.Duration().Seconds())
-	p.loaderWindow(recommendKey{ev.Command, loader}).addAttempt(ev.EndNs, ev.LogSize, ev.HasLogBuf && ev.LogLevel > 0, class.Truncated)
-}
-
-// chainKey identifies a logical load (README, "Spans": a retry chain).
-type chainKey struct {
-	pid      uint32
-	command  tracer.Command
-	progType uint32
-	progName tracer.Name
-	insnCnt  uint32
-}
-
-func keyOf(ev *tracer.LoadEvent) chainKey {
-	return chainKey{pid: ev.PID, command: ev.Command, progType: ev.ProgType, progName: ev.ProgName, insnCnt: ev.InsnCnt}
-}
-
-// chain is one logical load in progress.
-type chain struct {
-	key          chainKey
-	loader       string
-	comm         tracer.Name
-	firstStartNs uint64
-	lastEndNs    uint64
-	attempts     int
-	failedNs     uint64
-	lastOK       bool
-	lastErrno    string
-	need         uint32
-	needSource   NeedSource
-	logRequested bool
-	tooSmall     uint32 // largest buffer that ended in ENOSPC
-	lastBuffer   uint32 // log_size of the last attempt with a buffer
-	firstBuffer  uint32 // log_size of the first attempt, if it had a buffer
-	firstHasBuf  bool
-
-	span trace.Span
-	ctx  context.Context
-}
-
-func (c *chain) add(ev *tracer.LoadEvent, class Class) {
-	c.attempts++
-	if c.attempts == 1 && ev.HasLogBuf && ev.LogLevel > 0 {
-		c.firstBuffer, c.firstHasBuf = ev.LogSize, true
+	p.rec.observe(p.in.duration, p.resultOpts.get(resultKey{ev.Command, c.Loader, result}), ev.Duration().Seconds())
+	if p.tracer == nil {
+		return
 	}
-	if ev.EndNs > c.lastEndNs {
-		c.lastEndNs = ev.EndNs
-	}
-	c.lastOK = ev.OK()
-	c.lastErrno = ev.ErrnoName()
-	if !c.lastOK {
-		c.failedNs += uint64(ev.Duration())
-	}
-	if class.LogRequested {
-		c.logRequested = true
-	}
-	if class.Truncated {
-		c.tooSmall = max(c.tooSmall, ev.LogSize)
-	}
-	if ev.HasLogBuf {
-		c.lastBuffer = ev.LogSize
-	}
-	if class.NeedSource != NeedUnknown {
-		c.need, c.needSource = class.Need, class.NeedSource
-	}
-}
-
-func (p *Pipeline) startChain(key chainKey, ev *tracer.LoadEvent, loader string) *chain {
-	var c *chain
-	if n := len(p.free); n > 0 {
-		c, p.free = p.free[n-1], p.free[:n-1]
-	} else {
-		c = new(chain)
-	}
-	*c = chain{key: key, loader: loader, comm: ev.Comm, firstStartNs: ev.StartNs, lastEndNs: ev.EndNs}
-	if p.tracer != nil {
-		c.ctx, c.span = p.tracer.Start(context.Background(), "bpf.load",
-			trace.WithTimestamp(p.clock.Time(ev.StartNs)),
+	cs, ok := p.spans[c]
+	if !ok {
+		cs.ctx, cs.span = p.tracer.Start(context.Background(), "bpf.load",
+			trace.WithTimestamp(p.clock.Time(c.FirstStartNs)),
 			trace.WithSpanKind(trace.SpanKindInternal),
 			trace.WithAttributes(identityAttributes(ev)...))
+		p.spans[c] = cs
 	}
-	p.open[key] = c
-	return c
+	p.attemptSpan(cs.ctx, c, ev, class)
 }
 
-func (p *Pipeline) endChain(c *chain) {
-	delete(p.open, c.key)
-	cl := p.loaderOpts.get(loaderKey{c.key.command, c.loader})
-	p.rec.observe(p.in.attempts, cl, float64(c.attempts))
-	if c.firstHasBuf {
-		p.loaderWindow(recommendKey{c.key.command, c.loader}).addFirstBuffer(c.lastEndNs, c.firstBuffer)
-	}
+// ChainEnded implements sizing.Sink: the logical load's metrics, and the
+// end of its span.
+func (p *Pipeline) ChainEnded(c *sizing.Chain) {
+	cl := p.loaderOpts.get(loaderKey{c.Key.Command, c.Loader})
+	p.rec.observe(p.in.attempts, cl, float64(c.Attempts))
 	switch {
-	case c.needSource != NeedUnknown:
-		p.rec.observe(p.in.requiredBytes, p.sourceOpts.get(sourceKey{c.key.command, c.loader, c.needSource}), float64(c.need))
-		p.loaderWindow(recommendKey{c.key.command, c.loader}).addNeed(c.lastEndNs, c.need)
-	case c.logRequested:
+	case c.NeedSource != tracer.NeedUnknown:
+		p.rec.observe(p.in.requiredBytes, p.sourceOpts.get(sourceKey{c.Key.Command, c.Loader, c.NeedSource}), float64(c.Need))
+	case c.LogRequested:
 		p.rec.add(p.in.unknownSize, cl, 1)
-		p.loaderWindow(recommendKey{c.key.command, c.loader}).addUnknown(c.lastEndNs, c.tooSmall)
 	}
-	if c.span != nil {
-		c.span.SetAttributes(
-			attribute.Int("bpf.load.attempts", c.attempts),
-			attribute.Float64("bpf.load.failed_seconds", time.Duration(c.failedNs).Seconds()))
-		if c.needSource == NeedUnknown && c.logRequested {
-			// What the chain proves of a need nobody measured.
-			if c.tooSmall > 0 {
-				c.span.SetAttributes(attribute.Int("bpf.log.need_above", int(c.tooSmall)))
-			}
-			if c.lastOK && c.lastBuffer > 0 {
-				c.span.SetAttributes(attribute.Int("bpf.log.need_at_most", int(c.lastBuffer)))
-			}
+	cs, ok := p.spans[c]
+	if !ok {
+		return
+	}
+	delete(p.spans, c)
+	cs.span.SetAttributes(
+		attribute.Int("bpf.load.attempts", c.Attempts),
+		attribute.Float64("bpf.load.failed_seconds", time.Duration(c.FailedNs).Seconds()))
+	if c.NeedSource == tracer.NeedUnknown && c.LogRequested {
+		// What the chain proves of a need nobody measured.
+		if c.NeedAbove > 0 {
+			cs.span.SetAttributes(attribute.Int("bpf.log.need_above", int(c.NeedAbove)))
 		}
-		if !c.lastOK {
-			c.span.SetAttributes(attribute.String("error.type", c.lastErrno))
-			c.span.SetStatus(codes.Error, c.lastErrno)
+		if atMost, ok := c.NeedAtMost(); ok {
+			cs.span.SetAttributes(attribute.Int("bpf.log.need_at_most", int(atMost)))
 		}
-		c.span.End(trace.WithTimestamp(p.clock.Time(c.lastEndNs)))
 	}
-	*c = chain{}
-	if len(p.free) < 1024 {
-		p.free = append(p.free, c)
+	if !c.LastOK {
+		cs.span.SetAttributes(attribute.String("error.type", c.LastErrno))
+		cs.span.SetStatus(codes.Error, c.LastErrno)
 	}
+	cs.span.End(trace.WithTimestamp(p.clock.Time(c.LastEndNs)))
 }
 
 // identityAttributes are the span attributes that name the load and its
@@ -354,20 +252,20 @@ func identityAttributes(ev *tracer.LoadEvent) []attribute.KeyValue {
 	return attrs
 }
 
-// attemptSpan records one attempt as a child of its chain's span, with the
-// kernel's start and end times.
-func (p *Pipeline) attemptSpan(c *chain, ev *tracer.LoadEvent, class Class) {
+// attemptSpan records one attempt as a child of its chain's span (ctx),
+// with the kernel's start and end times.
+func (p *Pipeline) attemptSpan(ctx context.Context, c *sizing.Chain, ev *tracer.LoadEvent, class sizing.Class) {
 	attrs := append(identityAttributes(ev),
 		attribute.Int("thread.id", int(ev.TID)),
 		attribute.Int("bpf.log.level", int(ev.LogLevel)),
 		attribute.String("bpf.log.mode", ev.LogMode().String()),
 		attribute.Int("bpf.log.size", int(ev.LogSize)),
 		attribute.Bool("bpf.log.truncated", class.Truncated),
-		attribute.Int("bpf.load.attempt", c.attempts))
+		attribute.Int("bpf.load.attempt", c.Attempts))
 	if ev.LogTrueSizeKnown {
 		attrs = append(attrs, attribute.Int("bpf.log.true_size", int(ev.LogTrueSize)))
 	}
-	_, span := p.tracer.Start(c.ctx, ev.Command.String(),
+	_, span := p.tracer.Start(ctx, ev.Command.String(),
 		trace.WithTimestamp(p.clock.Time(ev.StartNs)),
 		trace.WithSpanKind(trace.SpanKindInternal),
 		trace.WithAttributes(attrs...))
@@ -399,7 +297,7 @@ type (
 	sourceKey struct {
 		command tracer.Command
 		loader  string
-		source  NeedSource
+		source  tracer.NeedSource
 	}
 )
 
@@ -408,7 +306,7 @@ type (
 // instrument.
 type attrOpts struct {
 	set    attribute.Set
-	series [numInstruments]*series
+	series []*series // by instrument id
 }
 
 // maxCachedSets bounds each cache (and so the series of each metric); past
@@ -417,13 +315,16 @@ type attrOpts struct {
 const maxCachedSets = 1 << 14
 
 type optCache[K comparable] struct {
-	m        map[K]*attrOpts
-	overflow *attrOpts
-	build    func(K) []attribute.KeyValue
+	m           map[K]*attrOpts
+	overflow    *attrOpts
+	build       func(K) []attribute.KeyValue
+	instruments int
 }
 
-func newOptCache[K comparable](build func(K) []attribute.KeyValue) *optCache[K] {
-	return &optCache[K]{m: make(map[K]*attrOpts), build: build}
+// newOptCache caches the attribute sets that build makes, each with a
+// series slot for every one of the Recorder's instruments.
+func newOptCache[K comparable](instruments int, build func(K) []attribute.KeyValue) *optCache[K] {
+	return &optCache[K]{m: make(map[K]*attrOpts), build: build, instruments: instruments}
 }
 
 func (c *optCache[K]) get(k K) *attrOpts {
@@ -435,14 +336,14 @@ func (c *optCache[K]) get(k K) *attrOpts {
 			kvs := c.build(k)
 			for i := range kvs {
 				if kvs[i].Key == keyLoader {
-					kvs[i] = attribute.String(keyLoader, OtherLoader)
+					kvs[i] = attribute.String(keyLoader, sizing.OtherLoader)
 				}
 			}
-			c.overflow = &attrOpts{set: attribute.NewSet(kvs...)}
+			c.overflow = &attrOpts{set: attribute.NewSet(kvs...), series: make([]*series, c.instruments)}
 		}
 		return c.overflow
 	}
-	o := &attrOpts{set: attribute.NewSet(c.build(k)...)}
+	o := &attrOpts{set: attribute.NewSet(c.build(k)...), series: make([]*series, c.instruments)}
 	c.m[k] = o
 	return o
 }

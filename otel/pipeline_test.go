@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"golang.org/x/sys/unix"
 
+	"github.com/verifierlog/exporter/sizing"
 	"github.com/verifierlog/exporter/tracer"
 )
 
@@ -116,42 +117,6 @@ func labels(kvs []attribute.KeyValue) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, ",")
-}
-
-func TestClassification(t *testing.T) {
-	cases := []struct {
-		name string
-		ev   tracer.LoadEvent
-		want Class
-	}{
-		{"fit with known need", withTrueSize(event("l", 1, "p", 0, 1, 4096, 3), 1000),
-			Class{Need: 1000, NeedSource: NeedKernel, LogRequested: true}},
-		{"ENOSPC with known need", withTrueSize(event("l", 1, "p", 0, 1, 256, enospc), 5153),
-			Class{Truncated: true, Undersized: true, Need: 5153, NeedSource: NeedKernel, Shortfall: 4897, ShortfallKnown: true, LogRequested: true}},
-		{"ENOSPC, need unknown", event("l", 1, "p", 0, 1, 256, enospc),
-			Class{Truncated: true, Undersized: true, LogRequested: true}},
-		{"fixed log fails with another errno but need above buffer", withTrueSize(event("l", 1, "p", 0, 1, 256, -int64(unix.EACCES)), 300),
-			Class{Undersized: true, Need: 300, NeedSource: NeedKernel, Shortfall: 44, ShortfallKnown: true, LogRequested: true}},
-		{"size query", withTrueSize(event("l", 1, "p", 0, 1, 0, 3), 700),
-			Class{Need: 700, NeedSource: NeedKernel, LogRequested: true}},
-	}
-	for _, c := range cases {
-		if got := Classify(&c.ev); got != c.want {
-			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
-		}
-	}
-	off := event("l", 1, "p", 0, 1, 0, 3)
-	off.LogLevel = 0
-	if got := Classify(&off); got != (Class{}) {
-		t.Errorf("log off: %+v", got)
-	}
-	c := Classify(&cases[0].ev)
-	if h, ok := c.Headroom(4096); !ok || h != 4.096 {
-		t.Errorf("headroom %v %v", h, ok)
-	}
-	if _, ok := Classify(&cases[2].ev).Headroom(256); ok {
-		t.Error("headroom reported for an unknown need")
-	}
 }
 
 func TestAttemptMetricsCountEveryAttempt(t *testing.T) {
@@ -259,7 +224,7 @@ func attrs(kvs []attribute.KeyValue) map[string]string {
 
 func TestChainWindowEdges(t *testing.T) {
 	r := newRig(t, 0)
-	w := uint64(DefaultChainWindow)
+	w := uint64(sizing.DefaultChainWindow)
 	a := event("l", 1, "p", 0, 10*ms, 128, enospc)
 	atEdge := event("l", 1, "p", 10*ms+w, 11*ms+w, 256, enospc)       // exactly one window after: same chain
 	past := event("l", 1, "p", 11*ms+2*w+1, 12*ms+2*w+1, 512, enospc) // one ns past: a new chain
@@ -340,12 +305,6 @@ func TestLoaderCardinalityIsCapped(t *testing.T) {
 	want := map[string]int64{"loader0": 1, "loader1": 1, "loader2": 1, "other": 9}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("loaders %v, want %v", got, want)
-	}
-	l := newLoaderLabels(5)
-	var other, empty tracer.Name
-	copy(other[:], "other")
-	if l.label(other) != "comm_other" || l.label(empty) != "unnamed" {
-		t.Errorf("a loader named other is %q, an empty comm %q", l.label(other), l.label(empty))
 	}
 }
 

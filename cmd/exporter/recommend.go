@@ -16,11 +16,12 @@ import (
 	"go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/verifierlog/exporter/otel"
+	"github.com/verifierlog/exporter/sizing"
 	"github.com/verifierlog/exporter/tracer"
 )
 
 // defaultsFlag collects --default NAME=BYTES.
-type defaultsFlag []otel.Default
+type defaultsFlag []sizing.Default
 
 func (d *defaultsFlag) Set(v string) error {
 	name, size, ok := strings.Cut(v, "=")
@@ -28,7 +29,7 @@ func (d *defaultsFlag) Set(v string) error {
 	if !ok || name == "" || err != nil {
 		return fmt.Errorf("--default wants NAME=BYTES, got %q", v)
 	}
-	*d = append(*d, otel.Default{Name: name, Bytes: uint32(n)})
+	*d = append(*d, sizing.Default{Name: name, Bytes: uint32(n)})
 	return nil
 }
 
@@ -37,8 +38,8 @@ func (d *defaultsFlag) String() string { return fmt.Sprint(*d) }
 func (d *defaultsFlag) IsCumulative() bool { return true }
 
 // all is the well-known defaults and the ones given with --default.
-func (d *defaultsFlag) all() []otel.Default {
-	return append(append([]otel.Default{}, otel.WellKnownDefaults...), *d...)
+func (d *defaultsFlag) all() []sizing.Default {
+	return append(append([]sizing.Default{}, sizing.WellKnownDefaults...), *d...)
 }
 
 func addDefaultsFlag(cmd *kingpin.CmdClause) *defaultsFlag {
@@ -49,7 +50,7 @@ func addDefaultsFlag(cmd *kingpin.CmdClause) *defaultsFlag {
 
 // addChainWindowFlag is --chain-window, the same for serve and recommend.
 func addChainWindowFlag(cmd *kingpin.CmdClause) *time.Duration {
-	return cmd.Flag("chain-window", "A retry starting within this long after the previous attempt's end belongs to the same logical load.").Default(otel.DefaultChainWindow.String()).Duration()
+	return cmd.Flag("chain-window", "A retry starting within this long after the previous attempt's end belongs to the same logical load.").Default(sizing.DefaultChainWindow.String()).Duration()
 }
 
 type recommendCommand struct {
@@ -134,13 +135,13 @@ type report struct {
 	// ObservedSeconds is how much of it was watched: the trace's own
 	// duration, or the time since the serving exporter attached, at most
 	// the window. 0: not said (an older exporter).
-	ObservedSeconds float64             `json:"observed_seconds,omitempty"`
-	Loaders         []otel.LoaderReport `json:"loaders"`
+	ObservedSeconds float64               `json:"observed_seconds,omitempty"`
+	Loaders         []sizing.LoaderReport `json:"loaders"`
 
 	traced bool // made by `recommend --duration`, not fetched
 }
 
-func newReport(r otel.Recommendations) report {
+func newReport(r sizing.Recommendations) report {
 	return report{WindowSeconds: r.WindowSeconds, Loaders: r.Loaders}
 }
 
@@ -196,7 +197,7 @@ func windowLine(r report) string {
 // need stayed unknown, its proven lower bound ("above N": the largest
 // buffer that got ENOSPC) shows wherever it exceeds what the known needs
 // say.
-func needCells(l otel.LoaderReport) (maxNeed, recommended string) {
+func needCells(l sizing.LoaderReport) (maxNeed, recommended string) {
 	above := uint64(l.OpenNeedAboveBytes)
 	if l.UnknownNeeds > 0 {
 		above = max(above, uint64(l.UnknownNeedAboveBytes))
@@ -241,7 +242,7 @@ func writeRecommendations(w io.Writer, rep report) error {
 		}
 		openCell := strconv.FormatUint(l.OpenChains, 10)
 		row(shortCommand(l.Command), clip(l.Loader, 15), strconv.FormatUint(l.Loads, 10), openCell, strconv.FormatUint(l.Truncated, 10),
-			p50, p99, maxNeed, recommended, buf, l.Verdict)
+			p50, p99, maxNeed, recommended, buf, string(l.Verdict))
 	}
 	fmt.Fprintln(bw)
 	fmt.Fprintln(bw, "LOADS: logical loads (retry chains) ended; OPEN: chains not ended yet (a retry may still")

@@ -12,7 +12,7 @@ import (
 
 	"github.com/verifierlog/exporter/internal/kerneltest"
 	"github.com/verifierlog/exporter/internal/loadgen"
-	"github.com/verifierlog/exporter/otel"
+	"github.com/verifierlog/exporter/sizing"
 )
 
 // TestRecommendationsForImitatedLoaders runs libbpf-, cilium/ebpf- and
@@ -40,19 +40,19 @@ func TestRecommendationsForImitatedLoaders(t *testing.T) {
 	last := attempts["aya-imit"][len(attempts["aya-imit"])-1]
 	need := uint32(len(last.Log)) + 1
 
-	var rec otel.Recommendations
-	byLoader := map[string]otel.LoaderReport{}
+	var rec sizing.Recommendations
+	byLoader := map[string]sizing.LoaderReport{}
 	deadline := time.Now().Add(60 * time.Second)
 	for len(byLoader) < 3 {
 		body, err := s.get("/recommendations")
 		if err != nil {
 			t.Fatal(err)
 		}
-		rec = otel.Recommendations{}
+		rec = sizing.Recommendations{}
 		if err := json.Unmarshal([]byte(body), &rec); err != nil {
 			t.Fatalf("/recommendations is not JSON: %v\n%s", err, body)
 		}
-		byLoader = map[string]otel.LoaderReport{}
+		byLoader = map[string]sizing.LoaderReport{}
 		for _, l := range rec.Loaders {
 			if strings.HasSuffix(l.Loader, "-imit") && l.Loads == 1 {
 				byLoader[l.Loader] = l
@@ -75,7 +75,7 @@ func TestRecommendationsForImitatedLoaders(t *testing.T) {
 		if want := uint64(len(attempts[comm]) - 1); l.Truncated != want {
 			t.Errorf("%s: %d truncated, the loader had %d ENOSPC", comm, l.Truncated, want)
 		}
-		defs := map[string]otel.DefaultReport{}
+		defs := map[string]sizing.DefaultReport{}
 		for _, d := range l.Defaults {
 			defs[d.Name] = d
 		}
@@ -86,11 +86,11 @@ func TestRecommendationsForImitatedLoaders(t *testing.T) {
 			t.Errorf("%s: the --default team=262144 report %+v, want no truncation and %d wasted", comm, d, 262144-need)
 		}
 	}
-	if v := byLoader["libbpf-imit"].Verdict; !strings.HasPrefix(v, "oversized by ") {
+	if v := byLoader["libbpf-imit"].Verdict; !strings.HasPrefix(string(v), "oversized by ") {
 		t.Errorf("libbpf (16 MiB for a %d-byte log): verdict %q", need, v)
 	}
 	for _, comm := range []string{"cilium-imit", "aya-imit"} {
-		if v := byLoader[comm].Verdict; v != "undersized" {
+		if v := byLoader[comm].Verdict; v != sizing.VerdictUndersized {
 			t.Errorf("%s: verdict %q, want undersized", comm, v)
 		}
 	}
@@ -107,7 +107,7 @@ func TestRecommendationsForImitatedLoaders(t *testing.T) {
 	}
 	for _, comm := range []string{"libbpf-imit", "cilium-imit", "aya-imit"} {
 		line := lineWith(out, comm)
-		if line == "" || !strings.Contains(line, humanBytes(wantRec)) || !strings.Contains(line, byLoader[comm].Verdict) {
+		if line == "" || !strings.Contains(line, humanBytes(wantRec)) || !strings.Contains(line, string(byLoader[comm].Verdict)) {
 			t.Errorf("recommend table row for %s: %q\n%s", comm, line, out)
 		}
 	}
@@ -183,13 +183,13 @@ func TestRecommendTracesForDuration(t *testing.T) {
 
 	out := recommendWhileLoading(t, bin, load, "--output=json")
 	var rec struct {
-		otel.Recommendations
+		sizing.Recommendations
 		ObservedSeconds float64 `json:"observed_seconds"`
 	}
 	if err := json.Unmarshal(out, &rec); err != nil {
 		t.Fatalf("output is not JSON: %v\n%s", err, out)
 	}
-	if rec.WindowSeconds != otel.DefaultRecommendWindow.Seconds() || rec.ObservedSeconds <= 0 || rec.ObservedSeconds >= 600 {
+	if rec.WindowSeconds != sizing.DefaultRecommendWindow.Seconds() || rec.ObservedSeconds <= 0 || rec.ObservedSeconds >= 600 {
 		t.Errorf("window %vs, observed %vs: want the time traced, ended by SIGINT before --duration=10m", rec.WindowSeconds, rec.ObservedSeconds)
 	}
 	byLoader := map[string]int{}
@@ -222,14 +222,14 @@ func TestRecommendTracesForDuration(t *testing.T) {
 // lower bound where it exceeds the known ones, and the lines of what each
 // default would do fit 100 columns.
 func TestRecommendTable(t *testing.T) {
-	defaults := func(known uint64) []otel.DefaultReport {
-		var out []otel.DefaultReport
-		for _, d := range append(otel.WellKnownDefaults, otel.Default{Name: "a-very-long-team-default-name-indeed", Bytes: 1<<32 - 1}) {
-			out = append(out, otel.DefaultReport{Default: d, TruncatedFraction: 0.5, AvgWasteBytes: 123456789})
+	defaults := func(known uint64) []sizing.DefaultReport {
+		var out []sizing.DefaultReport
+		for _, d := range append(sizing.WellKnownDefaults, sizing.Default{Name: "a-very-long-team-default-name-indeed", Bytes: 1<<32 - 1}) {
+			out = append(out, sizing.DefaultReport{Default: d, TruncatedFraction: 0.5, AvgWasteBytes: 123456789})
 		}
 		return out
 	}
-	rep := report{WindowSeconds: 86400, ObservedSeconds: 20, traced: true, Loaders: []otel.LoaderReport{
+	rep := report{WindowSeconds: 86400, ObservedSeconds: 20, traced: true, Loaders: []sizing.LoaderReport{
 		{Command: "BPF_PROG_LOAD", Loader: "cilium-agent", Loads: 3, NeedsKnown: 3, Truncated: 3,
 			NeedP50Bytes: 131072, NeedP99Bytes: 131072, NeedMaxBytes: 122880, Recommended: map[string]uint64{"1": 131072, "0.99": 131072},
 			TypicalBufferBytes: 131072, FirstBufferBytes: 65536, Verdict: "undersized", Defaults: defaults(3)},

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/verifierlog/exporter/otel"
+	"github.com/verifierlog/exporter/sizing"
 	"github.com/verifierlog/exporter/tracer"
 )
 
@@ -50,8 +51,8 @@ func newServeCommand(app *kingpin.Application) *serveCommand {
 	c.pprof = c.cmd.Flag("web.enable-pprof", "Serve the Go runtime's profiles (net/http/pprof) under /debug/pprof/ and link them from the landing page.").Default("false").Bool()
 	c.tracer = addTracerFlags(c.cmd)
 	c.chainWindow = addChainWindowFlag(c.cmd)
-	c.recWindow = c.cmd.Flag("recommend-window", "How far back bpf_verifier_log_recommended_buffer_bytes looks.").Default(otel.DefaultRecommendWindow.String()).Duration()
-	c.loaderLimit = c.cmd.Flag("loader-limit", "Distinct loader label values; later loaders are counted as \"other\".").Default(fmt.Sprint(otel.DefaultLoaderLimit)).Int()
+	c.recWindow = c.cmd.Flag("recommend-window", "How far back bpf_verifier_log_recommended_buffer_bytes looks.").Default(sizing.DefaultRecommendWindow.String()).Duration()
+	c.loaderLimit = c.cmd.Flag("loader-limit", "Distinct loader label values; later loaders are counted as \"other\".").Default(fmt.Sprint(sizing.DefaultLoaderLimit)).Int()
 	c.defaults = addDefaultsFlag(c.cmd)
 	c.dropCaps = addDropCapabilitiesFlag(c.cmd)
 	return c
