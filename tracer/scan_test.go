@@ -5,7 +5,7 @@ package tracer_test
 
 import (
 	"fmt"
-
+	"os"
 	"testing"
 
 	"github.com/verifierlog/exporter/internal/kerneltest"
@@ -102,5 +102,37 @@ func TestScanCapBoundaries(t *testing.T) {
 	}
 	if ev := h.await(t, r); ev.LogUsedSize != need+1 || !ev.LogUsedAtLeast {
 		t.Errorf("a %d-byte log past a %d-byte cap: measured %d (at least %v), want at least %d", len(r.Log), need, ev.LogUsedSize, ev.LogUsedAtLeast, need+1)
+	}
+}
+
+// TestUnreadableLogIsAScanFaultAndCounted: a load whose log fit, but whose
+// buffer's first page is gone again when the load returns, cannot be
+// measured. The record says so (LogScanFault, nothing measured) and the
+// tracer counts it once; the need is the kernel's where it wrote
+// log_true_size, else unknown.
+func TestUnreadableLogIsAScanFaultAndCounted(t *testing.T) {
+	h := sharedHarness(t)
+	before := h.tr.LogScanFaults()
+	p := loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 400, Name: "vlog_dropped", LogLevel: loadgen.LogLevel2, LogSize: 1 << 20}
+	r, dropped, err := loadgen.LoadDroppingLogHead(p)
+	if err != nil {
+		kerneltest.Unavailable(t, "userfaultfd-held log buffer: "+err.Error())
+	}
+	if !r.OK() || !dropped {
+		t.Fatalf("load %v, first page dropped %v: want a successful load whose log passed its first page", r.Errno, dropped)
+	}
+	ev := h.await(t, r)
+	if !ev.LogScanFault || ev.LogUsedSize != 0 {
+		t.Errorf("scan fault %v, measured %d: the log's first page was absent at exit", ev.LogScanFault, ev.LogUsedSize)
+	}
+	need, src := ev.Need()
+	switch {
+	case ev.LogTrueSizeKnown && (src != tracer.NeedKernel || need != r.LogTrueSize || need <= uint32(os.Getpagesize())):
+		t.Errorf("need %d from %q, want the kernel's %d (over a page)", need, src, r.LogTrueSize)
+	case !ev.LogTrueSizeKnown && src != tracer.NeedUnknown:
+		t.Errorf("need %d from %q without log_true_size: a faulted scan measures nothing", need, src)
+	}
+	if got := h.tr.LogScanFaults() - before; got != 1 {
+		t.Errorf("LogScanFaults rose by %d, want 1", got)
 	}
 }
