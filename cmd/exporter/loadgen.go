@@ -46,7 +46,7 @@ func newLoadgenCommand(app *kingpin.Application) *loadgenCommand {
 	c.logLevel = c.cmd.Flag("log-level", "log_level: 0 off, 1, 2; add 4 for stats, 8 for BPF_LOG_FIXED.").Default("1").Uint32()
 	c.logSize = c.cmd.Flag("log-size", "log_size, and the size of the buffer passed.").Default("65536").Uint32()
 	c.noLogBuf = c.cmd.Flag("no-log-buf", "Pass log_buf = NULL (with --log-size=0: a size query).").Bool()
-	c.attrSize = c.cmd.Flag("attr-size", "The size argument of bpf(2); 0 means up to log_true_size (144, BTF 32).").Default("0").Uint32()
+	c.attrSize = c.cmd.Flag("attr-size", fmt.Sprintf("The size argument of bpf(2); 0 means up to log_true_size (%d, BTF %d).", loadgen.ProgLoadAttrSize, loadgen.BTFLoadAttrSize)).Default("0").Uint32()
 	c.btf = c.cmd.Flag("btf", "Load BTF instead of a program.").Bool()
 	c.btfTypes = c.cmd.Flag("btf-types", "Types in the BTF blob (the log grows with it).").Default("16").Int()
 	c.count = c.cmd.Flag("count", "Loads per thread.").Default("1").Int()
