@@ -725,7 +725,7 @@ int fexit_btf_load(__u64 *ctx)
 	return fexit_exit(btf_load_arg_slots, ctx);
 }
 
-/* kprobe mode: the design card's hook. Slots are argument registers. */
+/* kprobe mode. Slots are argument registers. */
 
 SEC("kprobe/bpf_prog_load")
 int BPF_KPROBE(kprobe_prog_load, __u64 a0, __u64 a1, __u64 a2)

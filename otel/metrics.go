@@ -23,7 +23,7 @@ var SizeBuckets = func() []float64 {
 	return b
 }()
 
-// DurationBuckets bound bpf_prog_load_duration_seconds: 10 µs to ~40 s.
+// DurationBuckets bound bpf_prog_load_duration_seconds: 10 µs to 40 s.
 var DurationBuckets = []float64{1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40}
 
 // AttemptBuckets bound bpf_prog_load_attempts.

@@ -15,9 +15,10 @@ import (
 // OpenTelemetry SDK's readers as a metric.Producer: the Prometheus exporter
 // and the OTLP reader both collect it. Recording is a cached-series lookup
 // and a few additions under one lock taken once per event, instead of the
-// SDK instrument path's per-measurement attribute handling, which cost
-// about 2 µs per event (BENCHMARKS.md). Instruments that are read only at
-// collection (self metrics, recommendations) stay SDK instruments.
+// SDK instrument path's per-measurement attribute handling
+// (BenchmarkPipelineHandle measures this path; BENCHMARKS.md, "Pipeline").
+// Instruments that are read only at collection (self metrics,
+// recommendations) stay SDK instruments.
 type Recorder struct {
 	mu          sync.Mutex
 	start       time.Time

@@ -280,7 +280,8 @@ type LoaderReport struct {
 	NeedsKnown uint64 `json:"needs_known"`
 	// Truncated counts attempts that ended in ENOSPC.
 	Truncated uint64 `json:"truncated"`
-	// NeedP50/P99 are power-of-two upper bounds; NeedMax is exact.
+	// NeedP50Bytes and NeedP99Bytes are power-of-two upper bounds;
+	// NeedMaxBytes is exact.
 	NeedP50Bytes uint64 `json:"need_p50_bytes_at_most"`
 	NeedP99Bytes uint64 `json:"need_p99_bytes_at_most"`
 	NeedMaxBytes uint32 `json:"need_max_bytes"`

@@ -228,7 +228,7 @@ func TestNameSanitisesLoaderBytes(t *testing.T) {
 	}
 }
 
-func TestRecordJSONHasTheDesignKeys(t *testing.T) {
+func TestRecordJSONHasTheDocumentedKeys(t *testing.T) {
 	d := decoder{trueSizeSupported: true, mode: AttachTracepoint}
 	ev := decodeOne(t, d, rawProgLoad{attrSize: 144, logLevel: 1, logSize: 256, logBuf: 1, trueSizeAfter: 300, ret: -28, flags: flagTrueSizeRead, name: "p"}.bytes())
 	clock := WallClockWithOffset(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).Sub(time.Unix(0, 0)))
@@ -240,17 +240,17 @@ func TestRecordJSONHasTheDesignKeys(t *testing.T) {
 	if err := json.Unmarshal(b, &got); err != nil {
 		t.Fatal(err)
 	}
-	design := []string{"time", "command", "pid", "tid", "comm", "uid", "cgroup_id", "prog_type", "prog_name",
+	documented := []string{"time", "command", "pid", "tid", "comm", "uid", "cgroup_id", "prog_type", "prog_name",
 		"insn_cnt", "attr_size", "log_level", "log_mode", "log_size", "log_true_size", "log_true_size_known",
 		"log_used_size", "log_need_source", "ret", "errno", "truncated", "duration_ns", "attach_mode"}
 	extra := []string{"expected_attach_type", "prog_flags", "log_used_size_at_least"}
-	for _, k := range design {
+	for _, k := range documented {
 		if _, ok := got[k]; !ok {
 			t.Errorf("key %q missing", k)
 		}
 	}
 	for k := range got {
-		if !slices.Contains(design, k) && !slices.Contains(extra, k) {
+		if !slices.Contains(documented, k) && !slices.Contains(extra, k) {
 			t.Errorf("unexpected key %q", k)
 		}
 	}

@@ -30,8 +30,8 @@ const DefaultAttachGrace = 30 * time.Second
 
 // FlushInterval is the longest a record waits in the ring buffer: the BPF
 // side wakes the reader only once an eighth of the buffer is full, and the
-// reader polls this often in between. Waking it for every record cost each
-// load several microseconds (BENCHMARKS.md).
+// reader polls this often in between, so that a wakeup of user space is not
+// on every load's path.
 const FlushInterval = 20 * time.Millisecond
 
 // Options configure New.

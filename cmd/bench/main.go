@@ -159,7 +159,8 @@ Machine: %s. Attach mode: **%s**.
 ## Method
 
 - **Syscall cost.** Setups of the node, each attached in turn for one
-  slice of calls (about 10 ms of each operation), in rounds whose order is
+  slice of calls (internal/bench.Iterations calls of each operation; times
+  its ns/op below, the slice's length), in rounds whose order is
   shuffled each round: *no tracer*; *empty programs (floor)*:
   bpf/floor.c's empty programs on the same hooks the exporter uses in this
   mode, the physical limit of the hook;`, loads, rounds, time.Now().UTC().Format("2006-01-02"), machine(), mode)
