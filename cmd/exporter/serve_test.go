@@ -448,3 +448,35 @@ func TestPprofOnlyWithTheFlag(t *testing.T) {
 		s.stop()
 	}
 }
+
+// TestServeCountsLogScanFaults: a load whose log fit but could not be read
+// back when it returned is counted in
+// verifierlog_exporter_log_scan_faults_total, exactly once.
+func TestServeCountsLogScanFaults(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	s := startServer(t, bin, nil, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	r, dropped, err := loadgen.LoadDroppingLogHead(loadgen.ProgLoad{Program: loadgen.LongLog, Insns: 400, Name: "vlog_srv_fault",
+		LogLevel: loadgen.LogLevel2, LogSize: 1 << 20})
+	if err != nil {
+		kerneltest.Unavailable(t, "userfaultfd-held log buffer: "+err.Error())
+	}
+	if !r.OK() || !dropped {
+		t.Fatalf("load %v, first page dropped %v", r.Errno, dropped)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		body, families := s.scrape()
+		ms := series(families, "verifierlog_exporter_log_scan_faults_total", nil)
+		if len(ms) != 1 {
+			t.Fatalf("log_scan_faults_total: %d series\n%s", len(ms), body)
+		}
+		if v := ms[0].GetCounter().GetValue(); v == 1 {
+			break
+		} else if v > 1 || time.Now().After(deadline) {
+			t.Fatalf("log_scan_faults_total %v, want 1", v)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.stop()
+}
