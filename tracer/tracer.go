@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -104,7 +106,10 @@ func New(opts Options) (*Tracer, error) {
 	}
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raising it
 	// needs CAP_SYS_RESOURCE. Where it cannot be raised, the maps may still
-	// fit, and if they do not, their creation says so.
+	// fit, and if they do not, their creation says so. The error alone does
+	// not tell: cilium/ebpf decides the kernel charges the rlimit when its
+	// probe map cannot be created under a zero rlimit, which is also what a
+	// seccomp filter or missing CAP_BPF look like.
 	memlockErr := rlimit.RemoveMemlock()
 	chosen, err := chooseVariant(want)
 	if err != nil {
@@ -123,7 +128,7 @@ func New(opts Options) (*Tracer, error) {
 		return nil, err
 	}
 	if err := spec.LoadAndAssign(&t.maps, nil); err != nil {
-		if memlockErr != nil && errors.Is(err, unix.EPERM) {
+		if memlockErr != nil && errors.Is(err, unix.EPERM) && chargesMemlock(t.release) {
 			return nil, fmt.Errorf("create maps: %w: on this kernel BPF memory counts against RLIMIT_MEMLOCK, which could not be raised (%v); raise it (ulimit -l unlimited, LimitMEMLOCK=infinity) or grant CAP_SYS_RESOURCE", err, memlockErr)
 		}
 		return nil, fmt.Errorf("create maps (%s programs): %w", chosen.variant, explainPrivilegeError(err))
@@ -366,6 +371,20 @@ func probeLogTrueSize() bool {
 	}
 	unix.Close(int(fd))
 	return attr.LogTrueSize > 0
+}
+
+// chargesMemlock reports whether a kernel of this release charges BPF
+// memory to RLIMIT_MEMLOCK: before 5.11, which charges the memory cgroup
+// instead; true where the release does not parse.
+func chargesMemlock(release string) bool {
+	major, rest, _ := strings.Cut(release, ".")
+	minor := rest[:len(rest)-len(strings.TrimLeft(rest, "0123456789"))]
+	maj, err1 := strconv.Atoi(major)
+	min, err2 := strconv.Atoi(minor)
+	if err1 != nil || err2 != nil {
+		return true
+	}
+	return maj < 5 || maj == 5 && min < 11
 }
 
 func kernelRelease() string {

@@ -3,6 +3,7 @@ package tracer
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 
@@ -104,13 +105,21 @@ type choice struct {
 // one the kernel's features allow for VariantAuto. The probes' results are
 // cached for the process.
 func chooseVariant(want Variant) (choice, error) {
-	return chooseVariantFrom(want, floorFeatures, modernFeatures)
+	return chooseVariantFrom(want, floorFeatures, modernFeatures, privileges())
 }
 
-func chooseVariantFrom(want Variant, floorFeatures, modernFeatures []feature) (choice, error) {
+// chooseVariantFrom is chooseVariant with the features and what the process
+// lacks (privileges) given. A probe the kernel refuses as unsupported
+// tells of the kernel only where the process has the capabilities: the
+// verifier also answers EINVAL to a program it would accept with them (on
+// Linux 6.18, the bounded-loops probe without CAP_PERFMON).
+func chooseVariantFrom(want Variant, floorFeatures, modernFeatures []feature, lack string) (choice, error) {
 	floor, err := missing(floorFeatures)
 	if err != nil {
 		return choice{}, err
+	}
+	if len(floor) > 0 && lack != "" {
+		return choice{}, lackingCapabilities(lack, floor)
 	}
 	if len(floor) > 0 {
 		return choice{}, fmt.Errorf("this kernel (%s) cannot run the exporter: it lacks %s; the oldest supported kernel is %s",
@@ -119,6 +128,9 @@ func chooseVariantFrom(want Variant, floorFeatures, modernFeatures []feature) (c
 	lacks, err := missing(modernFeatures)
 	if err != nil {
 		return choice{}, err
+	}
+	if len(lacks) > 0 && lack != "" {
+		return choice{}, lackingCapabilities(lack, lacks)
 	}
 	switch want {
 	case VariantCompat:
@@ -134,6 +146,13 @@ func chooseVariantFrom(want Variant, floorFeatures, modernFeatures []feature) (c
 		return choice{variant: VariantCompat, lacks: lacks}, nil
 	}
 	return choice{variant: VariantModern}, nil
+}
+
+// lackingCapabilities is the error where probes failed and the process
+// lacks capabilities: those are what to fix first.
+func lackingCapabilities(lack string, refused []string) error {
+	return fmt.Errorf("the process lacks %s, and without it the kernel refused the probes for %s, which says nothing of the kernel; run as root, or with CAP_BPF and CAP_PERFMON (plus CAP_SYS_ADMIN where tracefs must be mounted)",
+		lack, strings.Join(refused, ", "))
 }
 
 // loadSpec returns the variant's programs, not yet loaded.
@@ -209,14 +228,71 @@ var privileges = sync.OnceValue(func() string {
 })
 
 // explainPrivilegeError says which capabilities are missing where the
-// kernel answered EPERM, or that something else (seccomp, a runtime's
-// policy) refused the call where none is.
+// kernel answered EPERM, or, where none is, what else refused the call: the
+// seccomp filter the process runs under (which may also answer ENOSYS), or
+// without one an LSM or lockdown.
 func explainPrivilegeError(err error) error {
-	if !errors.Is(err, unix.EPERM) {
+	return explainRefusal(err, privileges(), processSeccomp())
+}
+
+// seccompMode is what /proc/self/status says of the process's seccomp
+// state.
+type seccompMode int
+
+const (
+	seccompUnknown  seccompMode = iota // not readable (not Linux /proc, or a sandbox hiding it)
+	seccompNone                        // Seccomp: 0
+	seccompFiltered                    // Seccomp: 1 (strict) or 2 (filter)
+)
+
+var processSeccomp = sync.OnceValue(func() seccompMode {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return seccompUnknown
+	}
+	return parseSeccomp(string(b))
+})
+
+// parseSeccomp reads the Seccomp field of a /proc/PID/status.
+func parseSeccomp(status string) seccompMode {
+	for _, line := range strings.Split(status, "\n") {
+		v, ok := strings.CutPrefix(line, "Seccomp:")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(v) {
+		case "0":
+			return seccompNone
+		case "1", "2":
+			return seccompFiltered
+		}
+		return seccompUnknown
+	}
+	return seccompUnknown
+}
+
+// explainRefusal is explainPrivilegeError with what the process lacks (as
+// privileges names it, "" for nothing) and its seccomp mode given.
+func explainRefusal(err error, lack string, sc seccompMode) error {
+	// A seccomp profile that does not list bpf(2) makes it fail with its
+	// default errno, ENOSYS in podman's and CRI-O's profiles; a kernel
+	// without bpf(2) has no BTF either, and fails the floor before this.
+	filteredOut := sc == seccompFiltered && errors.Is(err, unix.ENOSYS)
+	if !errors.Is(err, unix.EPERM) && !filteredOut {
 		return err
 	}
-	if lack := privileges(); lack != "" {
+	if lack != "" && !filteredOut {
 		return fmt.Errorf("%w: the process lacks %s (run as root, or with CAP_BPF and CAP_PERFMON, plus CAP_SYS_ADMIN where tracefs must be mounted)", err, lack)
+	}
+	switch sc {
+	case seccompFiltered:
+		why := "not a missing capability: the process has CAP_BPF and CAP_PERFMON"
+		if lack != "" {
+			why = "the process lacks " + lack + " as well"
+		}
+		return fmt.Errorf("%w: the seccomp filter this process runs under refused bpf(2) (%s); a container runtime's default seccomp profile may allow bpf(2) and perf_event_open(2) only with CAP_SYS_ADMIN: run with a profile that allows them to CAP_BPF and CAP_PERFMON (deploy/seccomp/verifierlog-exporter.json)", err, why)
+	case seccompNone:
+		return fmt.Errorf("%w, although the process has CAP_BPF and CAP_PERFMON and no seccomp filter: an LSM (SELinux, AppArmor, a BPF LSM program) or kernel lockdown refuses bpf(2)", err)
 	}
 	return fmt.Errorf("%w, although the process has CAP_BPF and CAP_PERFMON: a seccomp profile or the container runtime refuses bpf(2)", err)
 }
