@@ -1,18 +1,22 @@
 package deploy
 
-// The container image: the Containerfile's stages, its build line making a
-// static binary, and the ignore file sending the build what it reads.
+// The container image's files: the Containerfile's one stage, which pulls
+// and runs nothing, the build context deploy/build-image.sh fills for it
+// (the static binary of each architecture and a CA bundle), and the ignore
+// file sending the build what it copies. image_test.go builds and runs the
+// image.
 
 import (
-	"bytes"
 	"encoding/json"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
+
+// buildScript builds the image's binaries with the host's Go, and the image.
+const buildScript = "build-image.sh"
 
 type instruction struct {
 	cmd, args string
@@ -23,21 +27,21 @@ type stage struct {
 	instructions []instruction
 }
 
-type containerfile struct{ stages []stage }
-
-// build is the stage named "build".
-func (c *containerfile) build() stage {
-	for _, s := range c.stages {
-		if s.name == "build" {
-			return s
-		}
-	}
-	return stage{}
+type containerfile struct {
+	stages []stage
+	// hostBuild is how /exporter is built: outside the image build, by
+	// buildScript's go build line, kept as the RUN of a stage named
+	// "build" so that exporterBinary builds the tests' binary exactly as
+	// the image gets it.
+	hostBuild stage
 }
+
+// build is the build of /exporter (hostBuild).
+func (c *containerfile) build() stage { return c.hostBuild }
 
 func parseContainerfile(t testing.TB, path string) *containerfile {
 	t.Helper()
-	cf := &containerfile{}
+	cf := &containerfile{hostBuild: scriptBuild(t)}
 	var cont string
 	for _, line := range strings.Split(string(mustRead(t, path)), "\n") {
 		trimmed := strings.TrimSpace(line)
@@ -80,34 +84,68 @@ func parseContainerfile(t testing.TB, path string) *containerfile {
 	return cf
 }
 
-func TestContainerfile(t *testing.T) {
-	run, out, cf := containerBuildLine(t)
-	if len(cf.stages) != 2 {
-		t.Fatalf("want a build and a final stage, have %d stages", len(cf.stages))
+// scriptBuild is buildScript's go build line, as a stage named "build".
+func scriptBuild(t testing.TB) stage {
+	t.Helper()
+	s := stage{from: buildScript, name: "build"}
+	for _, line := range strings.Split(string(mustRead(t, buildScript)), "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "#") && strings.Contains(line, " go build ") {
+			s.instructions = append(s.instructions, instruction{"RUN", line})
+		}
 	}
-	// The build stage's Go matches go.mod's.
-	gomod := string(mustRead(t, filepath.Join(moduleRoot(t), "go.mod")))
-	m := regexp.MustCompile(`(?m)^go (1\.\d+)`).FindStringSubmatch(gomod)
+	if len(s.instructions) != 1 {
+		t.Fatalf("%s: want one go build line, have %d", buildScript, len(s.instructions))
+	}
+	return s
+}
+
+// scriptDefault is the default of a variable buildScript sets as
+// NAME=${NAME:-default}.
+func scriptDefault(t testing.TB, name string) string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + name + `=\$\{` + name + `:-([^}]*)\}`).FindStringSubmatch(string(mustRead(t, buildScript)))
 	if m == nil {
-		t.Fatal("go.mod has no go line")
+		t.Fatalf("%s sets no default for %s", buildScript, name)
 	}
-	if want := "golang:" + m[1]; !strings.HasSuffix(cf.stages[0].from, want) || cf.stages[0].name != "build" {
-		t.Errorf("build stage FROM %s AS %s, want ...%s AS build", cf.stages[0].from, cf.stages[0].name, want)
+	return m[1]
+}
+
+func TestContainerfile(t *testing.T) {
+	cf := parseContainerfile(t, "Containerfile")
+	if len(cf.stages) != 1 || cf.stages[0].from != "scratch" {
+		t.Fatalf("want one stage FROM scratch (nothing to pull), have %+v", cf.stages)
 	}
-	if !strings.Contains(run, "CGO_ENABLED=0 go build") || !strings.HasSuffix(run, " ./cmd/exporter") || out != "/exporter" {
-		t.Errorf("build line %q: want CGO_ENABLED=0 go build ... -o /exporter ./cmd/exporter", run)
+	final := cf.stages[0]
+	arches := strings.Fields(scriptDefault(t, "ARCHES"))
+	if !slices.Equal(arches, []string{"amd64", "arm64"}) {
+		t.Errorf("%s builds %v by default, want amd64 and arm64", buildScript, arches)
 	}
-	final := cf.stages[1]
-	if !strings.Contains(final.from, "distroless/static") && final.from != "scratch" {
-		t.Errorf("final stage FROM %s, want distroless/static or scratch", final.from)
-	}
-	var copied, entry, user string
+
+	// What the stage copies, for each architecture, from where.
+	var args []string
+	copied := map[string]string{} // destination -> source
+	var entry, user, cmd string
+	var exposed []string
 	for _, in := range final.instructions {
 		switch in.cmd {
-		case "COPY":
-			if f := strings.Fields(in.args); len(f) == 3 && f[0] == "--from=build" && f[1] == out {
-				copied = f[2]
+		case "RUN":
+			t.Errorf("RUN %s: the image build must run nothing (no toolchain, no emulation of another architecture)", in.args)
+		case "ARG":
+			name, _, _ := strings.Cut(in.args, "=")
+			args = append(args, name)
+		case "COPY", "ADD":
+			f := strings.Fields(in.args)
+			if in.cmd == "ADD" || len(f) != 2 || strings.HasPrefix(f[0], "--") {
+				t.Errorf("%s %s: want a plain COPY <context path> <image path>", in.cmd, in.args)
+				continue
 			}
+			for _, v := range regexp.MustCompile(`\$\{?(\w+)`).FindAllStringSubmatch(f[0], -1) {
+				if !slices.Contains(args, v[1]) {
+					t.Errorf("COPY %s uses %s before its ARG", in.args, v[1])
+				}
+			}
+			copied[f[1]] = f[0]
 		case "ENTRYPOINT":
 			var argv []string
 			if err := json.Unmarshal([]byte(in.args), &argv); err != nil || len(argv) == 0 {
@@ -115,64 +153,63 @@ func TestContainerfile(t *testing.T) {
 			} else {
 				entry = argv[0]
 			}
+		case "CMD":
+			cmd = in.args
 		case "USER":
 			user = in.args
+		case "EXPOSE":
+			exposed = append(exposed, strings.Fields(in.args)...)
 		}
 	}
-	if copied == "" || entry != copied {
-		t.Errorf("final stage: COPY --from=build %s -> %q, ENTRYPOINT %q", out, copied, entry)
+	binSrc, ok := copied[entry]
+	if !ok || binSrc != "${TARGETARCH}/exporter" {
+		t.Errorf("ENTRYPOINT %q: want the binary COPY ${TARGETARCH}/exporter puts there, have copies %v", entry, copied)
 	}
-	if user != "0:0" && user != "0" && user != "root" {
-		t.Errorf("USER %q: the exporter needs uid 0 (see the Containerfile's comment)", user)
+	if src := copied["/etc/ssl/certs/ca-certificates.crt"]; src != "ca-certificates.crt" {
+		t.Errorf("want COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt (where crypto/x509 looks first), have copies %v", copied)
+	}
+	if user != "0:0" {
+		t.Errorf("USER %q: want 0:0, uid 0 (see the Containerfile's comment) numerically, which needs no /etc/passwd", user)
+	}
+	port := strconv.Itoa(metricsPort)
+	if !slices.Contains(exposed, port) && !slices.Contains(exposed, port+"/tcp") {
+		t.Errorf("EXPOSE %v, want %d", exposed, metricsPort)
+	}
+	if !strings.Contains(cmd, "--web.listen-address=:"+port) {
+		t.Errorf("CMD %s does not listen on :%d", cmd, metricsPort)
 	}
 
-	// The build line really builds a static binary (what distroless/static
-	// can run).
+	// The script builds the binary the stage copies: a static binary
+	// (what scratch can run) into <context>/<arch>/exporter.
+	run, out, _ := containerBuildLine(t)
+	for _, want := range []string{"CGO_ENABLED=0 ", "GOARCH=\"$arch\"", " -trimpath ", `-ldflags "-s -w `, " ./cmd/exporter"} {
+		if !strings.Contains(run, want) {
+			t.Errorf("%s: build line %q lacks %q", buildScript, run, want)
+		}
+	}
+	if want := `"$ctx/$arch/exporter"`; out != want {
+		t.Errorf("%s: the binary goes to %s, want %s (the Containerfile copies ${TARGETARCH}/exporter)", buildScript, out, want)
+	}
+	if !strings.Contains(string(mustRead(t, buildScript)), `cp "$CA_BUNDLE" "$ctx/ca-certificates.crt"`) {
+		t.Errorf("%s does not put the CA bundle at ca-certificates.crt of the context", buildScript)
+	}
 	checkStatic(t, exporterBinary(t))
 
-	// Everything that build reads passes the Dockerfile-specific ignore file.
+	// Everything the stage copies, for every architecture, passes the
+	// ignore file; nothing else does.
 	ignore := parseIgnore(t, "Containerfile.dockerignore")
-	root := moduleRoot(t)
-	cmd := exec.Command("go", "list", "-deps", "-json=ImportPath,Dir,Module,GoFiles,EmbedFiles,SFiles", "./cmd/exporter")
-	cmd.Dir = root
-	listing, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	needed := []string{"go.mod", "go.sum"}
-	dec := json.NewDecoder(bytes.NewReader(listing))
-	for dec.More() {
-		var pkg struct {
-			Dir                         string
-			Module                      *struct{ Main bool }
-			GoFiles, EmbedFiles, SFiles []string
-		}
-		if err := dec.Decode(&pkg); err != nil {
-			t.Fatal(err)
-		}
-		if pkg.Module == nil || !pkg.Module.Main {
-			continue
-		}
-		for _, f := range slices.Concat(pkg.GoFiles, pkg.EmbedFiles, pkg.SFiles) {
-			rel, err := filepath.Rel(root, filepath.Join(pkg.Dir, f))
-			if err != nil {
-				t.Fatal(err)
+	for _, arch := range arches {
+		for _, src := range copied {
+			path := strings.ReplaceAll(strings.ReplaceAll(src, "${TARGETARCH}", arch), "$TARGETARCH", arch)
+			if !ignore.included(path) {
+				t.Errorf("Containerfile.dockerignore leaves out %s, which the %s image copies", path, arch)
 			}
-			needed = append(needed, filepath.ToSlash(rel))
 		}
 	}
-	for _, f := range needed {
-		if !ignore.included(f) {
-			t.Errorf("Containerfile.dockerignore leaves out %s, which the build needs", f)
-		}
-	}
-	for _, f := range []string{".git/HEAD", "README.md", "vmtest/run.sh", "deploy/Containerfile", "tracer/harness_test.go"} {
+	for _, f := range []string{".git/HEAD", "README.md", "go.mod", "cmd/exporter/main.go", "tracer/verifierlog_x86_bpfel.o", "riscv64/exporter", "amd64/exporter.old", "amd64/notes.txt"} {
 		if ignore.included(f) {
-			t.Errorf("Containerfile.dockerignore sends %s, which the build does not need", f)
+			t.Errorf("Containerfile.dockerignore sends %s, which the image does not copy", f)
 		}
-	}
-	if len(needed) < 10 {
-		t.Errorf("go list found only %v", needed)
 	}
 }
 
