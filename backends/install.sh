@@ -5,7 +5,12 @@
 #     Debian 12);
 #   - an OpenTelemetry Collector v0.165.0 built with the collector builder
 #     (ocb) from core components plus contrib's file exporter, into
-#     ${VERIFIERLOG_BACKENDS:-/var/cache/verifierlog-backends}/otelcol-0.165.0/otelcol.
+#     ${VERIFIERLOG_BACKENDS:-/var/cache/verifierlog-backends}/otelcol-0.165.0/otelcol;
+#   - podman and runc (Debian 12: podman 4.3), which deploy/image_test.go
+#     builds and runs the image with, and qemu-user-static, which runs its
+#     arm64 image;
+#   - helm v4.3.2, built with go install into
+#     ${VERIFIERLOG_BACKENDS:-/var/cache/verifierlog-backends}/helm-v4.3.2/helm.
 # Idempotent: each step is skipped when its result is already in place.
 set -euo pipefail
 
@@ -14,6 +19,9 @@ OTELCOL_STABLE=1.71.0       # the stable (v1) core modules released with it
 CACHE=${VERIFIERLOG_BACKENDS:-/var/cache/verifierlog-backends}
 OTELCOL_DIR=$CACHE/otelcol-$OTELCOL_VERSION
 OTELCOL=$OTELCOL_DIR/otelcol
+HELM_VERSION=v4.3.2
+HELM_DIR=$CACHE/helm-$HELM_VERSION
+HELM=$HELM_DIR/helm
 
 log() { printf 'backends: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -63,6 +71,41 @@ stop_package_service() {
 		# shellcheck disable=SC2086
 		as_root kill $pids || true
 	fi
+}
+
+# ------------------------------------------------- podman, runc, qemu-user
+# crun, podman's preferred runtime, refuses some hosts' hybrid cgroup
+# layouts; the tests run podman with --runtime runc.
+install_container_tools() {
+	if command -v podman >/dev/null && command -v runc >/dev/null && command -v qemu-aarch64-static >/dev/null; then
+		log "podman, runc, qemu-user-static: already installed"
+		return
+	fi
+	local start=$SECONDS
+	export DEBIAN_FRONTEND=noninteractive
+	local apt=(apt-get install -y --no-install-recommends podman runc qemu-user-static)
+	if ! { compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null && as_root "${apt[@]}"; }; then
+		log "podman: install failed or no apt lists; running apt-get update"
+		as_root apt-get update
+		as_root "${apt[@]}" || { log "podman, runc, qemu-user-static: apt-get install failed"; exit 1; }
+	fi
+	log "podman, runc, qemu-user-static: installed in $((SECONDS - start))s"
+}
+
+# ---------------------------------------------------------------- helm
+install_helm() {
+	if [ -x "$HELM" ]; then
+		log "helm: already built at $HELM"
+		return
+	fi
+	command -v go >/dev/null || { log "helm: go is not on PATH"; exit 1; }
+	if ! mkdir -p "$HELM_DIR" 2>/dev/null; then
+		as_root mkdir -p "$HELM_DIR"
+		as_root chown "$(id -u):$(id -g)" "$HELM_DIR"
+	fi
+	local start=$SECONDS
+	GOBIN=$HELM_DIR go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+	log "helm: built in $((SECONDS - start))s"
 }
 
 # --------------------------------------------------------- OTel Collector
@@ -130,8 +173,13 @@ total=$SECONDS
 install_prometheus
 stop_package_service
 build_collector
+install_container_tools
+install_helm
 
 echo "prometheus: $(command -v prometheus) ($(prometheus --version 2>&1 | head -n1))"
 echo "promtool:   $(command -v promtool) ($(promtool --version 2>&1 | head -n1))"
 echo "otelcol:    $OTELCOL ($("$OTELCOL" --version 2>&1 | head -n1))"
+echo "podman:     $(command -v podman) ($(podman --version 2>&1 | head -n1)); runc $(runc --version 2>&1 | head -n1)"
+echo "qemu:       $(command -v qemu-aarch64-static) ($(qemu-aarch64-static --version 2>&1 | head -n1))"
+echo "helm:       $HELM ($("$HELM" version --short 2>&1 | head -n1))"
 log "done in $((SECONDS - total))s"
