@@ -29,19 +29,11 @@ type stage struct {
 
 type containerfile struct {
 	stages []stage
-	// hostBuild is how /exporter is built: outside the image build, by
-	// buildScript's go build line, kept as the RUN of a stage named
-	// "build" so that exporterBinary builds the tests' binary exactly as
-	// the image gets it.
-	hostBuild stage
 }
-
-// build is the build of /exporter (hostBuild).
-func (c *containerfile) build() stage { return c.hostBuild }
 
 func parseContainerfile(t testing.TB, path string) *containerfile {
 	t.Helper()
-	cf := &containerfile{hostBuild: scriptBuild(t)}
+	cf := &containerfile{}
 	var cont string
 	for _, line := range strings.Split(string(mustRead(t, path)), "\n") {
 		trimmed := strings.TrimSpace(line)
@@ -84,20 +76,26 @@ func parseContainerfile(t testing.TB, path string) *containerfile {
 	return cf
 }
 
-// scriptBuild is buildScript's go build line, as a stage named "build".
-func scriptBuild(t testing.TB) stage {
+// imageBuildLine is buildScript's one go build line, which builds the
+// binary the image copies (outside the image build, with the host's Go),
+// and the output path it names.
+func imageBuildLine(t testing.TB) (run, out string) {
 	t.Helper()
-	s := stage{from: buildScript, name: "build"}
+	var lines []string
 	for _, line := range strings.Split(string(mustRead(t, buildScript)), "\n") {
 		line = strings.TrimSpace(line)
 		if !strings.HasPrefix(line, "#") && strings.Contains(line, " go build ") {
-			s.instructions = append(s.instructions, instruction{"RUN", line})
+			lines = append(lines, line)
 		}
 	}
-	if len(s.instructions) != 1 {
-		t.Fatalf("%s: want one go build line, have %d", buildScript, len(s.instructions))
+	if len(lines) != 1 {
+		t.Fatalf("%s: want one go build line, have %d", buildScript, len(lines))
 	}
-	return s
+	m := regexp.MustCompile(`\s-o\s+(\S+)`).FindStringSubmatch(lines[0])
+	if m == nil {
+		t.Fatalf("%s: the go build line has no -o: %s", buildScript, lines[0])
+	}
+	return lines[0], m[1]
 }
 
 // scriptDefault is the default of a variable buildScript sets as
@@ -181,7 +179,7 @@ func TestContainerfile(t *testing.T) {
 
 	// The script builds the binary the stage copies: a static binary
 	// (what scratch can run) into <context>/<arch>/exporter.
-	run, out, _ := containerBuildLine(t)
+	run, out := imageBuildLine(t)
 	for _, want := range []string{"CGO_ENABLED=0 ", "GOARCH=\"$arch\"", " -trimpath ", `-ldflags "-s -w `, " ./cmd/exporter"} {
 		if !strings.Contains(run, want) {
 			t.Errorf("%s: build line %q lacks %q", buildScript, run, want)

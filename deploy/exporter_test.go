@@ -9,7 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,7 +39,7 @@ func moduleRoot(t testing.TB) string {
 	return root
 }
 
-// The image's build line, read from the Containerfile, run once per test
+// The image's build line, read from build-image.sh, run once per test
 // binary: the runtime tests use exactly the binary the image would hold.
 var (
 	buildOnce sync.Once
@@ -48,8 +48,8 @@ var (
 	buildErr  error
 )
 
-// buildVersion is passed as the Containerfile's VERSION build argument; the
-// scrape test checks it reaches verifierlog_exporter_build_info.
+// buildVersion is passed as build-image.sh's VERSION; the scrape test checks
+// it reaches verifierlog_exporter_build_info.
 const buildVersion = "deploytest"
 
 func TestMain(m *testing.M) {
@@ -60,31 +60,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// containerBuildLine returns the Containerfile's `go build` RUN line, the
-// output path it names, and the whole parsed file.
-func containerBuildLine(t testing.TB) (run, out string, cf *containerfile) {
-	t.Helper()
-	cf = parseContainerfile(t, "Containerfile")
-	for _, in := range cf.build().instructions {
-		if in.cmd == "RUN" && strings.Contains(in.args, "go build") {
-			m := regexp.MustCompile(`\s-o\s+(\S+)`).FindStringSubmatch(in.args)
-			if m == nil {
-				t.Fatalf("Containerfile: the go build line has no -o: %s", in.args)
-			}
-			return in.args, m[1], cf
-		}
-	}
-	t.Fatal("Containerfile: no RUN ... go build in the build stage")
-	return "", "", nil
-}
-
-// exporterBinary builds the exporter as the Containerfile does (its RUN line,
-// run by sh from the module root with the output redirected to a temporary
-// directory) and returns its path.
+// exporterBinary builds the exporter as the image gets it (build-image.sh's
+// go build line, run by sh from the module root for this machine's
+// architecture, with the output redirected to a temporary directory) and
+// returns its path.
 func exporterBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		run, out, _ := containerBuildLine(t)
+		run, out := imageBuildLine(t)
 		if buildDir, buildErr = os.MkdirTemp("", "verifierlog-deploy-"); buildErr != nil {
 			return
 		}
@@ -92,7 +75,7 @@ func exporterBinary(t testing.TB) string {
 		line := strings.Replace(run, "-o "+out, `-o "$OUT"`, 1)
 		cmd := exec.Command("sh", "-c", line)
 		cmd.Dir = moduleRoot(t)
-		cmd.Env = append(os.Environ(), "OUT="+buildBin, "VERSION="+buildVersion)
+		cmd.Env = append(os.Environ(), "OUT="+buildBin, "VERSION="+buildVersion, "arch="+runtime.GOARCH)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("sh -c %q: %v\n%s", line, err, b)
 		}

@@ -147,7 +147,7 @@ func TestMetricNamesServed(t *testing.T) {
 		t.Errorf("bpf_prog_loads_total{command=BPF_BTF_LOAD,result=ENOSPC,loader=%s} = %v, want 1", comm, n)
 	}
 	if _, ok := sample(fams, "verifierlog_exporter_build_info", map[string]string{"version": buildVersion}); !ok {
-		t.Errorf("verifierlog_exporter_build_info has no version=%q: the Containerfile's -X main.version does not reach it", buildVersion)
+		t.Errorf("verifierlog_exporter_build_info has no version=%q: build-image.sh's -X main.version does not reach it", buildVersion)
 	}
 
 	exprs := append(dashboardExprs(t, readDashboard(t)), ruleExprs(t)...)

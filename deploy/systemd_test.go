@@ -93,7 +93,7 @@ func TestSystemdUnit(t *testing.T) {
 		kerneltest.MissingTool(t, "systemd-analyze", "apt-get install systemd")
 	}
 	// verify checks that ExecStart's binary exists: point a copy of the unit
-	// at the binary the Containerfile's build line makes.
+	// at the binary build-image.sh's build line makes for the image.
 	bin := exporterBinary(t)
 	unit := strings.Replace(string(mustRead(t, unitFile)), "ExecStart=/usr/local/bin/exporter ", "ExecStart="+bin+" ", 1)
 	path := filepath.Join(t.TempDir(), filepath.Base(unitFile))
