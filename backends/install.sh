@@ -170,11 +170,15 @@ build_collector() {
 }
 
 total=$SECONDS
+# helm builds for minutes; it needs only Go, so it builds while the apt
+# installs wait on the network.
+install_helm &
+helm_pid=$!
 install_prometheus
 stop_package_service
-build_collector
 install_container_tools
-install_helm
+build_collector
+wait "$helm_pid" || { log "helm: build failed"; exit 1; }
 
 echo "prometheus: $(command -v prometheus) ($(prometheus --version 2>&1 | head -n1))"
 echo "promtool:   $(command -v promtool) ($(promtool --version 2>&1 | head -n1))"
