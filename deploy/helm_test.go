@@ -711,26 +711,7 @@ func TestHelmMatchesKustomize(t *testing.T) {
 func TestHelmSysAdminMatchesComponent(t *testing.T) {
 	h := helmTemplate(t, helmRelease, helmNamespace, "sysAdmin: true\n")
 
-	overlay := t.TempDir()
-	base, err := filepath.Abs(k8sDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rel, err := filepath.Rel(overlay, base) // kustomize refuses absolute paths
-	if err != nil {
-		t.Fatal(err)
-	}
-	ov := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [%q]\ncomponents: [%q]\n",
-		rel, filepath.Join(rel, "components", "sys-admin"))
-	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(ov), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var k objects
-	for _, d := range splitDocs(kustomizeBuild(t, overlay)) {
-		if err := k.decodeStrict(d); err != nil {
-			t.Fatal(err)
-		}
-	}
+	k := kustomizeWithSysAdmin(t)
 	if len(k.daemonSets) != 1 || len(h.daemonSets) != 1 {
 		t.Fatalf("want one DaemonSet from each; kustomize %d, helm %d", len(k.daemonSets), len(h.daemonSets))
 	}

@@ -440,8 +440,24 @@ func TestKustomizeBuild(t *testing.T) {
 		t.Errorf("rendered image %q, want %q", got, wantImage)
 	}
 
-	// The sys-admin component adds CAP_SYS_ADMIN and nothing else. kustomize
-	// refuses absolute paths, so the overlay names the base relatively.
+	// The sys-admin component adds CAP_SYS_ADMIN and nothing else.
+	withAdmin := kustomizeWithSysAdmin(t)
+	checkObjects(t, withAdmin, k.Namespace)
+	got := withAdmin.daemonSets[0].Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add
+	if !slices.Equal(got, []corev1.Capability{"BPF", "PERFMON", "SYS_ADMIN"}) {
+		t.Errorf("with components/sys-admin: capabilities.add %v, want [BPF PERFMON SYS_ADMIN]", got)
+	}
+	withAdmin.daemonSets[0].Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add = o.daemonSets[0].Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add
+	if !reflect.DeepEqual(withAdmin.daemonSets[0], o.daemonSets[0]) {
+		t.Error("components/sys-admin changes more than the capabilities")
+	}
+}
+
+// kustomizeWithSysAdmin renders the base with components/sys-admin, through
+// an overlay in a temporary directory, and decodes it strictly. kustomize
+// refuses absolute paths, so the overlay names the base relatively.
+func kustomizeWithSysAdmin(t *testing.T) objects {
+	t.Helper()
 	overlay := t.TempDir()
 	base, err := filepath.Abs(k8sDir)
 	if err != nil {
@@ -456,19 +472,11 @@ func TestKustomizeBuild(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(ov), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var withAdmin objects
+	var o objects
 	for _, d := range splitDocs(kustomizeBuild(t, overlay)) {
-		if err := withAdmin.decodeStrict(d); err != nil {
+		if err := o.decodeStrict(d); err != nil {
 			t.Fatal(err)
 		}
 	}
-	checkObjects(t, withAdmin, k.Namespace)
-	got := withAdmin.daemonSets[0].Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add
-	if !slices.Equal(got, []corev1.Capability{"BPF", "PERFMON", "SYS_ADMIN"}) {
-		t.Errorf("with components/sys-admin: capabilities.add %v, want [BPF PERFMON SYS_ADMIN]", got)
-	}
-	withAdmin.daemonSets[0].Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add = o.daemonSets[0].Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add
-	if !reflect.DeepEqual(withAdmin.daemonSets[0], o.daemonSets[0]) {
-		t.Error("components/sys-admin changes more than the capabilities")
-	}
+	return o
 }
