@@ -104,9 +104,9 @@ install_helm() {
 		as_root chown "$(id -u):$(id -g)" "$HELM_DIR"
 	fi
 	local start=$SECONDS
-	# Unoptimised (-N -l): the tests run helm a few dozen times, and the
-	# build is what costs, 3m14s from a cold build cache here instead of
-	# several minutes more.
+	# Unoptimised (-N -l): the tests run helm a few dozen times, so its
+	# build is what costs (3m14s from a cold build cache, alone on this
+	# 2-core machine).
 	GOBIN=$HELM_DIR go install -trimpath -gcflags=all='-N -l' -ldflags='-s -w' "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
 	log "helm: built in $((SECONDS - start))s"
 }
