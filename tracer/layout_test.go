@@ -1,4 +1,4 @@
-package tracer
+package tracer_test
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/verifierlog/exporter/internal/kerneltest"
+	"github.com/verifierlog/exporter/tracer"
 )
 
 // TestAttrLayoutMatchesTheRunningKernel checks bpf/attr.h, through the Go
@@ -30,8 +31,8 @@ func TestAttrLayoutMatchesTheRunningKernel(t *testing.T) {
 		goType reflect.Type
 		least  string // a member every supported kernel has
 	}{
-		{"prog_type", reflect.TypeFor[ProgLoadAttr](), "log_buf"},
-		{"btf", reflect.TypeFor[BTFLoadAttr](), "btf_log_level"},
+		{"prog_type", reflect.TypeFor[tracer.ProgLoadAttr](), "log_buf"},
+		{"btf", reflect.TypeFor[tracer.BTFLoadAttr](), "btf_log_level"},
 	} {
 		kernel, err := memberStruct(attr, c.first)
 		if err != nil {

@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -371,28 +369,6 @@ func probeLogTrueSize() bool {
 	}
 	unix.Close(int(fd))
 	return attr.LogTrueSize > 0
-}
-
-// chargesMemlock reports whether a kernel of this release charges BPF
-// memory to RLIMIT_MEMLOCK: before 5.11, which charges the memory cgroup
-// instead; true where the release does not parse.
-func chargesMemlock(release string) bool {
-	major, rest, _ := strings.Cut(release, ".")
-	minor := rest[:len(rest)-len(strings.TrimLeft(rest, "0123456789"))]
-	maj, err1 := strconv.Atoi(major)
-	min, err2 := strconv.Atoi(minor)
-	if err1 != nil || err2 != nil {
-		return true
-	}
-	return maj < 5 || maj == 5 && min < 11
-}
-
-func kernelRelease() string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return "unknown"
-	}
-	return unix.ByteSliceToString(u.Release[:])
 }
 
 // ProgramStats is the kernel's account of one attached program's runs.

@@ -1,12 +1,11 @@
 package kerneltest
 
 import (
-	"fmt"
-	"strconv"
-	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/verifierlog/exporter/tracer"
 )
 
 // Release is the running kernel's release, as uname -r prints it.
@@ -18,27 +17,10 @@ func Release() (string, error) {
 	return unix.ByteSliceToString(u.Release[:]), nil
 }
 
-// ParseRelease returns the major and minor version of a kernel release
-// such as "5.10.0-30-amd64" or "6.1.0-rc3": the digits before the first dot
-// and those right after it. Whatever follows the minor version (patch
-// level, -rc, distribution suffix) is ignored.
+// ParseRelease is tracer.ParseRelease: the tests read the version as the
+// exporter does.
 func ParseRelease(release string) (major, minor int, err error) {
-	majorPart, rest, ok := strings.Cut(release, ".")
-	minorPart := rest[:len(rest)-len(strings.TrimLeft(rest, "0123456789"))]
-	if !ok || !allDigits(majorPart) || minorPart == "" {
-		return 0, 0, fmt.Errorf("kernel release %q does not start with major.minor", release)
-	}
-	if major, err = strconv.Atoi(majorPart); err != nil {
-		return 0, 0, fmt.Errorf("kernel release %q: %w", release, err)
-	}
-	if minor, err = strconv.Atoi(minorPart); err != nil {
-		return 0, 0, fmt.Errorf("kernel release %q: %w", release, err)
-	}
-	return major, minor, nil
-}
-
-func allDigits(s string) bool {
-	return s != "" && strings.Trim(s, "0123456789") == ""
+	return tracer.ParseRelease(release)
 }
 
 // KernelAtLeast reports whether the running kernel is major.minor or newer.
