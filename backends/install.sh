@@ -25,6 +25,12 @@ HELM=$HELM_DIR/helm
 
 log() { printf 'backends: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+# own_dir makes directory $1, ours even where only root may create it.
+own_dir() {
+	mkdir -p "$1" 2>/dev/null && return
+	as_root mkdir -p "$1"
+	as_root chown "$(id -u):$(id -g)" "$1"
+}
 
 # ---------------------------------------------------------------- Prometheus
 install_prometheus() {
@@ -99,14 +105,10 @@ install_helm() {
 		return
 	fi
 	command -v go >/dev/null || { log "helm: go is not on PATH"; exit 1; }
-	if ! mkdir -p "$HELM_DIR" 2>/dev/null; then
-		as_root mkdir -p "$HELM_DIR"
-		as_root chown "$(id -u):$(id -g)" "$HELM_DIR"
-	fi
+	own_dir "$HELM_DIR"
 	local start=$SECONDS
 	# Unoptimised (-N -l): the tests run helm a few dozen times, so its
-	# build is what costs (3m14s from a cold build cache, alone on this
-	# 2-core machine).
+	# build is what costs; the line below logs how long it took.
 	GOBIN=$HELM_DIR go install -trimpath -gcflags=all='-N -l' -ldflags='-s -w' "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
 	log "helm: built in $((SECONDS - start))s"
 }
@@ -145,10 +147,7 @@ build_collector() {
 		return
 	fi
 	command -v go >/dev/null || { log "otelcol: go is not on PATH"; exit 1; }
-	if ! mkdir -p "$OTELCOL_DIR" 2>/dev/null; then
-		as_root mkdir -p "$OTELCOL_DIR"
-		as_root chown "$(id -u):$(id -g)" "$OTELCOL_DIR"
-	fi
+	own_dir "$OTELCOL_DIR"
 	rm -rf "$OTELCOL_DIR/build"
 	printf '%s\n' "$want" >"$OTELCOL_DIR/manifest.yaml.new"
 
