@@ -211,10 +211,10 @@ func (p *Pipeline) ChainEnded(c *sizing.Chain) {
 	case c.LogRequested:
 		p.rec.add(p.in.unknownSize, cl, 1)
 	}
-	cs, ok := p.spans[c]
-	if !ok {
+	if p.tracer == nil {
 		return
 	}
+	cs := p.spans[c]
 	delete(p.spans, c)
 	cs.span.SetAttributes(
 		attribute.Int("bpf.load.attempts", c.Attempts),
