@@ -57,13 +57,22 @@ func Setup(ctx context.Context, build BuildInfo) (*Telemetry, error) {
 	}
 
 	t := &Telemetry{Registry: prometheus.NewRegistry(), Recorder: NewRecorder()}
-	t.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The Recorder's series go to /metrics straight, not through the
+	// OpenTelemetry exporter, which cannot give one histogram both classic
+	// and native buckets.
+	t.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), t.Recorder)
+	switch v := os.Getenv("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"); v {
+	case "", "explicit_bucket_histogram":
+	case "base2_exponential_bucket_histogram":
+		t.Recorder.SetExponentialHistograms(true)
+	default:
+		return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=%s: want explicit_bucket_histogram or base2_exponential_bucket_histogram", v)
+	}
 	promExporter, err := otelprom.New(
 		otelprom.WithRegisterer(t.Registry),
 		otelprom.WithTranslationStrategy(otlptranslator.UnderscoreEscapingWithSuffixes),
 		otelprom.WithoutScopeInfo(),
 		otelprom.WithoutTargetInfo(),
-		otelprom.WithProducer(t.Recorder),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
