@@ -126,7 +126,8 @@ func startExporter(t *testing.T, env []string, argv ...string) *server {
 		t.Fatal(err)
 	}
 	s := &server{t: t, addr: addr, done: make(chan struct{})}
-	argv = append(argv, "--web.listen-address="+addr)
+	// Without the new-series hold, so that a load shows at once.
+	argv = append(argv, "--web.listen-address="+addr, "--metrics.new-series-hold=0")
 	s.cmd = exec.Command(argv[0], argv[1:]...)
 	s.cmd.Env = append(os.Environ(), env...)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

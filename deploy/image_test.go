@@ -606,7 +606,9 @@ func daemonSetRun(t *testing.T, pod corev1.PodSpec, c corev1.Container, v runVar
 	if len(c.Command) > 0 {
 		fatal("command %q overrides the image's entrypoint", c.Command)
 	}
-	r.args = c.Args
+	// The DaemonSet's arguments, without the new-series hold, so that the
+	// host's load shows at once.
+	r.args = append(slices.Clone(c.Args), "--metrics.new-series-hold=0")
 	return r
 }
 

@@ -35,6 +35,7 @@ type serveCommand struct {
 	recWindow   *time.Duration
 	loaderLimit *int
 	metricsPath *string
+	hold        *time.Duration
 	pprof       *bool
 	defaults    *defaultsFlag
 	dropCaps    *bool
@@ -48,6 +49,7 @@ func newServeCommand(app *kingpin.Application) *serveCommand {
 	c := &serveCommand{cmd: app.Command("serve", "Serve Prometheus metrics on /metrics and push OpenTelemetry metrics and spans when OTEL_* asks (the default command).").Default()}
 	c.web = kingpinflag.AddFlags(c.cmd, DefaultListenAddress)
 	c.metricsPath = c.cmd.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").String()
+	c.hold = c.cmd.Flag("metrics.new-series-hold", "Show each new per-loader series as zero on /metrics for this long before its real value, so that Prometheus stores its rise from zero and increase() counts a loader's first loads (and those after a restart). At least the scrape interval; 0: off.").Default("1m").Duration()
 	c.pprof = c.cmd.Flag("web.enable-pprof", "Serve the Go runtime's profiles (net/http/pprof) under /debug/pprof/ and link them from the landing page.").Default("false").Bool()
 	c.tracer = addTracerFlags(c.cmd)
 	c.chainWindow = addChainWindowFlag(c.cmd)
@@ -83,6 +85,7 @@ func (c *serveCommand) run(ctx context.Context, logger *slog.Logger, build otel.
 	if err != nil {
 		return err
 	}
+	tel.Recorder.SetNewSeriesHold(*c.hold)
 	cfg := otel.Config{MeterProvider: tel.MeterProvider, Recorder: tel.Recorder, Clock: tr.Clock(), ChainWindow: *c.chainWindow,
 		LoaderLimit: *c.loaderLimit, RecommendWindow: *c.recWindow, Defaults: c.defaults.all(), Source: tr, Build: build}
 	if tel.TracerProvider != nil {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -58,7 +59,12 @@ func startServer(t *testing.T, bin string, env []string, args ...string) *runnin
 
 func (s *runningServer) start(bin string, env []string, args ...string) *runningServer {
 	s.t.Helper()
-	cmd := exec.Command(bin, append([]string{"--web.listen-address=" + s.addr}, args...)...)
+	argv := []string{"--web.listen-address=" + s.addr}
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--metrics.new-series-hold") }) {
+		// Without the new-series hold, so that a load shows at once.
+		argv = append(argv, "--metrics.new-series-hold=0")
+	}
+	cmd := exec.Command(bin, append(argv, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	return s.startCmd(cmd)
 }
@@ -479,4 +485,56 @@ func TestServeCountsLogScanFaults(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.stop()
+}
+
+// TestServeHoldsNewSeriesAtZero: with --metrics.new-series-hold, a loader's
+// first load shows on /metrics as a series of value 0 until the hold has
+// passed since the exporter recorded it, then as 1; a scraper therefore
+// stores the rise from 0 that increase() counts.
+func TestServeHoldsNewSeriesAtZero(t *testing.T) {
+	kerneltest.Require(t)
+	const hold = 10 * time.Second
+	bin := buildExporter(t)
+	s := startServer(t, bin, nil, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"), "--metrics.new-series-hold="+hold.String())
+	loaded := time.Now()
+	r, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_hold", LogLevel: 1, LogSize: 1 << 16})
+	if err != nil || !r.OK() {
+		t.Fatalf("load: %v %v", r.Errno, err)
+	}
+	want := map[string]string{"loader": thisComm(t), "result": "ok"}
+	var sawZero bool
+	deadline := loaded.Add(hold + 30*time.Second)
+	for {
+		body, families := s.scrape()
+		scraped := time.Now()
+		ms := series(families, "bpf_prog_loads_total", want)
+		switch {
+		case len(ms) > 1:
+			t.Fatalf("%d series for %v:\n%s", len(ms), want, body)
+		case len(ms) == 0:
+			// not read from the ring buffer yet
+		case ms[0].GetCounter().GetValue() == 0:
+			if scraped.Sub(loaded) > hold+5*time.Second {
+				t.Fatalf("still 0 %v after the load, with a hold of %v", scraped.Sub(loaded).Round(time.Millisecond), hold)
+			}
+			sawZero = true
+		case ms[0].GetCounter().GetValue() == 1:
+			if !sawZero {
+				if scraped.Sub(loaded) < hold {
+					t.Fatalf("the series showed 1 %v after the load, within its hold of %v", scraped.Sub(loaded).Round(time.Millisecond), hold)
+				}
+				t.Fatalf("no scrape saw the held 0: the first came more than %v after the load; the host is too slow for this test", hold)
+			}
+			if h := series(families, "bpf_verifier_log_buffer_bytes", map[string]string{"loader": thisComm(t)}); len(h) != 1 || h[0].GetHistogram().GetSampleCount() != 1 {
+				t.Errorf("the buffer histogram after the hold: %v, want one observation", h)
+			}
+			return
+		default:
+			t.Fatalf("value %v, want 0 then 1:\n%s", ms[0].GetCounter().GetValue(), body)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the load never showed as 1 (saw 0: %v)", sawZero)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
