@@ -260,8 +260,13 @@ func (q querier) sel(name string, extra ...string) string {
 func (q querier) vector(ctx context.Context, promql string) (model.Vector, error) {
 	promql = strings.ReplaceAll(promql, "%w", model.Duration(q.window).String())
 	val, _, _, err := q.api.Query(ctx, promql, q.at)
-	if err != nil {
+	var apiErr *v1.Error
+	switch {
+	case errors.As(err, &apiErr) && apiErr.Type != v1.ErrClient:
+		// An error response: the query is what it is about.
 		return nil, fmt.Errorf("query %s: %w", promql, err)
+	case err != nil:
+		return nil, err // the server did not answer as Prometheus does
 	}
 	v, ok := val.(model.Vector)
 	if !ok {

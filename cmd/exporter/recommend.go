@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -61,11 +62,13 @@ type recommendCommand struct {
 	chainWindow *time.Duration
 	output      *string
 	defaults    *defaultsFlag
+	fleet       fleetFlags
 }
 
 func newRecommendCommand(app *kingpin.Application) *recommendCommand {
-	c := &recommendCommand{cmd: app.Command("recommend", "Print recommended verifier-log buffer sizes per loader: from a running exporter (--from) or by tracing for --duration.")}
+	c := &recommendCommand{cmd: app.Command("recommend", "Print recommended verifier-log buffer sizes per loader: from a running exporter (--from), for a fleet from Prometheus (--prometheus) or by tracing for --duration.")}
 	c.from = c.cmd.Flag("from", "A running exporter's URL (e.g. http://node:19435); its /recommendations is read.").String()
+	c.fleet = addFleetFlags(c.cmd)
 	c.duration = c.cmd.Flag("duration", "Without --from: trace this long (or until SIGINT or SIGTERM), then report.").Default("60s").Duration()
 	c.tracer = addTracerFlags(c.cmd)
 	c.chainWindow = addChainWindowFlag(c.cmd)
@@ -75,6 +78,12 @@ func newRecommendCommand(app *kingpin.Application) *recommendCommand {
 }
 
 func (c *recommendCommand) run(ctx context.Context, logger *slog.Logger, out io.Writer) error {
+	if *c.fleet.prometheus != "" {
+		if *c.from != "" {
+			return errors.New("recommend: --from and --prometheus exclude each other")
+		}
+		return c.runFleet(ctx, out)
+	}
 	var rep report
 	if *c.from != "" {
 		var err error
