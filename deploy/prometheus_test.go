@@ -20,6 +20,15 @@ import (
 	"github.com/verifierlog/exporter/internal/kerneltest"
 )
 
+// rulesTestFiles are the rules' promtool unit tests: the alerts and the
+// short-window recording rules, the 1-day fleet rules, and the 7-day ones
+// (a file of its own for its hourly evaluation_interval).
+var rulesTestFiles = []string{
+	rulesTestFile,
+	"prometheus/verifierlog-rules-fleet_test.yaml",
+	"prometheus/verifierlog-rules-fleet7d_test.yaml",
+}
+
 type ruleFile struct {
 	Groups []struct {
 		Name     string `json:"name"`
@@ -92,48 +101,60 @@ func TestPrometheusRules(t *testing.T) {
 	}
 	out := promtool(t, "prometheus", "check", "rules", filepath.Base(rulesFile))
 	t.Logf("promtool check rules: %s", strings.TrimSpace(out))
-	out = promtool(t, "prometheus", "test", "rules", filepath.Base(rulesTestFile))
-	t.Logf("promtool test rules: %s", strings.TrimSpace(out))
-
-	// The unit tests cover every alert firing and not firing, and every
-	// recording rule.
-	var tests struct {
-		Tests []struct {
-			AlertRuleTest []struct {
-				Alertname string            `json:"alertname"`
-				ExpAlerts []json.RawMessage `json:"exp_alerts"`
-			} `json:"alert_rule_test"`
-			PromQLExprTest []struct {
-				Expr string `json:"expr"`
-			} `json:"promql_expr_test"`
-		} `json:"tests"`
-	}
-	if err := yaml.Unmarshal(mustRead(t, rulesTestFile), &tests); err != nil {
-		t.Fatal(err)
-	}
+	// The unit tests, together, cover every alert firing and not firing,
+	// and every recording rule (an expression that is the rule's name,
+	// with or without a label selector, evaluates it), but the native
+	// histogram rules: promtool 2.42 cannot read native histograms in
+	// input_series, and native rules are checked where they are used.
 	firing, quiet, evaluated := map[string]bool{}, map[string]bool{}, map[string]bool{}
-	for _, tc := range tests.Tests {
-		for _, a := range tc.AlertRuleTest {
-			if len(a.ExpAlerts) > 0 {
-				firing[a.Alertname] = true
-			} else {
-				quiet[a.Alertname] = true
-			}
+	for _, file := range rulesTestFiles {
+		out = promtool(t, "prometheus", "test", "rules", filepath.Base(file))
+		t.Logf("promtool test rules %s: %s", filepath.Base(file), strings.TrimSpace(out))
+		var tests struct {
+			Tests []struct {
+				AlertRuleTest []struct {
+					Alertname string            `json:"alertname"`
+					ExpAlerts []json.RawMessage `json:"exp_alerts"`
+				} `json:"alert_rule_test"`
+				PromQLExprTest []struct {
+					Expr string `json:"expr"`
+				} `json:"promql_expr_test"`
+			} `json:"tests"`
 		}
-		for _, e := range tc.PromQLExprTest {
-			evaluated[strings.TrimSpace(e.Expr)] = true
+		if err := yaml.Unmarshal(mustRead(t, file), &tests); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		for _, tc := range tests.Tests {
+			for _, a := range tc.AlertRuleTest {
+				if len(a.ExpAlerts) > 0 {
+					firing[a.Alertname] = true
+				} else {
+					quiet[a.Alertname] = true
+				}
+			}
+			for _, e := range tc.PromQLExprTest {
+				name, _, _ := strings.Cut(strings.TrimSpace(e.Expr), "{")
+				evaluated[name] = true
+			}
 		}
 	}
 	for _, a := range alerts {
 		if !firing[a] || !quiet[a] {
-			t.Errorf("%s: alert %s is not tested both firing (%v) and not firing (%v)", rulesTestFile, a, firing[a], quiet[a])
+			t.Errorf("alert %s is not tested both firing (%v) and not firing (%v) in %v", a, firing[a], quiet[a], rulesTestFiles)
 		}
 	}
 	for _, r := range records {
-		if !evaluated[r] {
-			t.Errorf("%s: recording rule %s is not evaluated", rulesTestFile, r)
+		if !evaluated[r] && !nativeHistogramRule(r) {
+			t.Errorf("recording rule %s is not evaluated in %v", r, rulesTestFiles)
 		}
 	}
+}
+
+// nativeHistogramRule reports whether a recording rule records a native
+// histogram: the fleet's loader:bpf_verifier_log_required_bytes:increase1d
+// and :increase7d (their classic twins are the _bucket rules).
+func nativeHistogramRule(record string) bool {
+	return strings.HasPrefix(record, "loader:bpf_verifier_log_required_bytes:increase")
 }
 
 // TestDashboardExprsPromtool has promtool parse every dashboard expression
