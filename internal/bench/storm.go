@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -46,8 +47,30 @@ func (r StormResult) LoadsPerSecond() float64 { return float64(r.Issued) / r.Dur
 // mode), loads small programs from threads threads for d, and reads what the
 // exporter saw, what it lost, and what it cost.
 func Storm(exporterBin, mode string, threads int, d time.Duration) (StormResult, error) {
+	return StormWith(exporterBin, mode, StormConfig{Threads: threads, Duration: d})
+}
+
+// StormConfig is a storm's shape and the exporter's settings for it.
+type StormConfig struct {
+	Threads  int
+	Duration time.Duration
+	// Env is added to the exporter's environment (OTEL_* for OTLP push).
+	Env []string
+	// HeapProfile, if set, runs the exporter with --web.enable-pprof and
+	// writes its heap profile (/debug/pprof/heap, after a GC) here once
+	// the storm's records are counted.
+	HeapProfile string
+}
+
+// StormWith is Storm with the exporter's environment and profiling of cfg.
+func StormWith(exporterBin, mode string, cfg StormConfig) (StormResult, error) {
+	threads, d := cfg.Threads, cfg.Duration
 	res := StormResult{Threads: threads, Duration: d}
-	exp, err := StartExporter(exporterBin, mode)
+	var args []string
+	if cfg.HeapProfile != "" {
+		args = append(args, "--web.enable-pprof")
+	}
+	exp, err := startExporterProcess(exporterBin, mode, args, cfg.Env)
 	if err != nil {
 		return res, err
 	}
@@ -105,7 +128,31 @@ func Storm(exporterBin, mode string, threads int, d time.Duration) (StormResult,
 	}
 	res.ExporterCPU = (cpu1 - cpu0).Seconds() / res.Duration.Seconds()
 	res.RSS, res.PeakRSS, err = Memory(exp.Pid())
+	if err == nil && cfg.HeapProfile != "" {
+		err = saveURL(exp.Base+"/debug/pprof/heap?gc=1", cfg.HeapProfile)
+	}
 	return res, err
+}
+
+// saveURL writes what GET url answers to path.
+func saveURL(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // scrapeStorm reads the storm loader's loads and the lost events.
@@ -143,13 +190,18 @@ type ExporterProcess struct {
 // attach mode mode, with env added to this process's environment, and
 // waits until its /healthz answers ok.
 func StartExporter(exporterBin, mode string, env ...string) (*ExporterProcess, error) {
+	return startExporterProcess(exporterBin, mode, nil, env)
+}
+
+// startExporterProcess is StartExporter with args added to the command line.
+func startExporterProcess(exporterBin, mode string, args, env []string) (*ExporterProcess, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	addr := l.Addr().String()
 	l.Close()
-	cmd := exec.Command(exporterBin, "--web.listen-address="+addr, "--attach="+mode, "--log.level=warn")
+	cmd := exec.Command(exporterBin, append([]string{"--web.listen-address=" + addr, "--attach=" + mode, "--log.level=warn", "--metrics.new-series-hold=0"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
