@@ -165,7 +165,7 @@ func writeFleetReport(w io.Writer, rep fleet.Report) error {
 		}
 		fmt.Fprintf(bw, "%s %s (%d %s):\n", shortCommand(l.Command), l.Loader, l.NeedsKnown, loads)
 		for _, d := range l.Defaults {
-			fmt.Fprintf(bw, "  %-20s %8s  truncates %11s  leaves %17s unused per load it held\n", clip(d.Name, 20), humanBytes(uint64(d.Bytes)), truncatedCell(d), wasteCell(d))
+			fmt.Fprintf(bw, "  %-20s %8s  truncates %10s  leaves %17s unused per load held\n", clip(d.Name, 20), humanBytes(uint64(d.Bytes)), truncatedCell(d), wasteCell(d))
 		}
 	}
 	return bw.Flush()
