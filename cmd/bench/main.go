@@ -3,9 +3,13 @@
 // same hooks (the floor) and with the exporter, in alternating rounds; the
 // user-space pipeline's per-event cost (go test -bench); and a load storm
 // against the exporter binary (records seen vs loads issued, lost events,
-// CPU, RSS). Run as root from the repository root:
+// CPU, RSS); and the footprint: series and bytes per scrape of /metrics, and
+// RSS under the storm with OTLP push off and on. Sections of the file it
+// does not generate (another's, such as "## Fleet") are kept. Run as root
+// from the repository root:
 //
 //	go run ./cmd/bench -o BENCHMARKS.md
+//	go run ./cmd/bench -only footprint -o BENCHMARKS.md   # only the Footprint section
 package main
 
 import (
@@ -34,8 +38,20 @@ func main() {
 	rounds := flag.Int("rounds", 6, "alternating rounds of the syscall benchmark per loading")
 	storm := flag.Duration("storm", 10*time.Second, "length of the load storm")
 	attach := flag.String("attach", "auto", "attach mode to measure (auto: what the exporter would choose here)")
+	only := flag.String("only", "", "footprint: measure only the footprint (series, bytes per scrape, RSS with OTLP push off and on) and replace only that section of -o")
+	flag.IntVar(&fp.stormRuns, "footprint-storms", 3, "storms of each kind (OTLP push off, on) in the footprint's RSS comparison")
+	flag.StringVar(&fp.profiles, "heap-profiles", "", "write the exporter's heap profile after each footprint storm into this directory")
 	flag.Parse()
-	if err := run(*out, *loads, *rounds, *storm, *attach); err != nil {
+	var err error
+	switch *only {
+	case "":
+		err = run(*out, *loads, *rounds, *storm, *attach)
+	case "footprint":
+		err = runFootprint(*out, *storm, *attach)
+	default:
+		err = fmt.Errorf("-only %q: want footprint", *only)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -78,9 +94,9 @@ func run(out string, loads, rounds int, stormFor time.Duration, attach string) e
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "exporter")
-	if b, err := exec.Command("go", "build", "-o", bin, "./cmd/exporter").CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/exporter: %v\n%s", err, b)
+	bin, err := buildExporter(dir)
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(os.Stderr, "bench: load storm, %v on %d threads\n", stormFor, runtime.NumCPU())
 	st, err := bench.Storm(bin, string(mode), runtime.NumCPU(), stormFor)
@@ -88,17 +104,33 @@ func run(out string, loads, rounds int, stormFor time.Duration, attach string) e
 		return err
 	}
 
-	var w io.Writer = os.Stdout
-	if out != "" {
-		f, err := os.Create(out)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		w = f
+	footprint, err := measureFootprint(string(mode), stormFor)
+	if err != nil {
+		return err
 	}
-	report(w, mode, loads, rounds, sys, switching, progTimes, scans, pipeline, st)
-	return nil
+
+	var b strings.Builder
+	report(&b, mode, loads, rounds, sys, switching, progTimes, scans, pipeline, st)
+	b.WriteString("\n" + footprint)
+	if out == "" {
+		_, err = os.Stdout.WriteString(b.String())
+		return err
+	}
+	// Sections others write into the file (not generated here) stay.
+	old, err := os.ReadFile(out)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return os.WriteFile(out, []byte(keepSections(b.String(), string(old))), 0o644)
+}
+
+// buildExporter builds the exporter binary into dir.
+func buildExporter(dir string) (string, error) {
+	bin := filepath.Join(dir, "exporter")
+	if b, err := exec.Command("go", "build", "-o", bin, "./cmd/exporter").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/exporter: %v\n%s", err, b)
+	}
+	return bin, nil
 }
 
 // resolveMode is the mode auto would pick (or the one asked for).
