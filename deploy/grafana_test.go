@@ -6,6 +6,7 @@ package deploy
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -291,6 +292,52 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 
+	// The Fleet row: the fleet's recommended size per loader (99 % and
+	// all), its loads and ENOSPC attempts, and what each default would do,
+	// from the fleet recording rules.
+	fleet := rowPanels(d, "Fleet")
+	if len(fleet) == 0 {
+		t.Error("no row Fleet, or no panel in it")
+	}
+	fleetExprs := ""
+	for _, p := range fleet {
+		for _, tg := range p.Targets {
+			fleetExprs += tg.Expr + "\n"
+		}
+	}
+	for _, want := range []string{
+		`loader:bpf_verifier_log_required_bytes:recommended1d{job=~"$job", loader=~"$loader", coverage="1"}`,
+		`loader:bpf_verifier_log_required_bytes:recommended1d{job=~"$job", loader=~"$loader", coverage="0.99"}`,
+		`loader:bpf_verifier_log_required_bytes:recommended7d{job=~"$job", loader=~"$loader", coverage="1"}`,
+		"loader:bpf_prog_load_chains:increase1d",
+		"loader:bpf_prog_loads_enospc:increase1d",
+		"loader:bpf_verifier_log_required_bytes:above_default_ratio1d",
+	} {
+		if !strings.Contains(fleetExprs, want) {
+			t.Errorf("no panel of the Fleet row queries %s", want)
+		}
+	}
+	// Every recorded series the dashboard reads is one the rules file
+	// records, with every label the dashboard matches or groups by.
+	recorded := recordedLabels(t)
+	u := collectUsage(t, exprs)
+	for name, where := range u.metrics {
+		if !strings.Contains(name, ":") {
+			continue
+		}
+		labels, ok := recorded[name]
+		if !ok {
+			t.Errorf("%s: %s is not a recording rule of %s", strings.Join(slices.Compact(where), "; "), name, rulesFile)
+			continue
+		}
+		for l, where := range u.labels[name] {
+			l = strings.TrimPrefix(l, "by:")
+			if !labels[l] {
+				t.Errorf("%s: %s has no label %q", strings.Join(slices.Compact(where), "; "), name, l)
+			}
+		}
+	}
+
 	// Every expression parses.
 	p := parser.NewParser(parser.Options{})
 	for _, e := range exprs {
@@ -342,4 +389,90 @@ func TestGrafanaProvisioning(t *testing.T) {
 	if ds.APIVersion != 1 || len(ds.Datasources) != 1 || ds.Datasources[0].Type != "prometheus" || ds.Datasources[0].URL == "" {
 		t.Errorf("datasource: %+v", ds)
 	}
+}
+
+// rowPanels returns the panels of the row titled title: those that follow
+// it up to the next row, or, for a collapsed row, those it holds.
+func rowPanels(d dashboard, title string) []panel {
+	for i, p := range d.Panels {
+		if p.Type != "row" || p.Title != title {
+			continue
+		}
+		if len(p.Panels) > 0 {
+			return p.Panels
+		}
+		var ps []panel
+		for _, q := range d.Panels[i+1:] {
+			if q.Type == "row" {
+				break
+			}
+			ps = append(ps, q)
+		}
+		return ps
+	}
+	return nil
+}
+
+// recordedLabels maps each recording rule's name to the labels its series
+// can carry: the rule's own labels, the grouping labels of the aggregations
+// in its expression, and the labels of the recorded series it reads (an
+// over-approximation: histogram_quantile's dropping of le is not modelled).
+func recordedLabels(t *testing.T) map[string]map[string]bool {
+	t.Helper()
+	type rule struct {
+		labels map[string]bool
+		reads  []string
+	}
+	rules := map[string]*rule{}
+	p := parser.NewParser(parser.Options{})
+	for _, g := range readRules(t).Groups {
+		for _, r := range g.Rules {
+			if r.Record == "" {
+				continue
+			}
+			if rules[r.Record] == nil {
+				rules[r.Record] = &rule{labels: map[string]bool{}}
+			}
+			rr := rules[r.Record]
+			for l := range r.Labels {
+				rr.labels[l] = true
+			}
+			ast, err := p.ParseExpr(r.Expr)
+			if err != nil {
+				t.Errorf("rule %s: %v", r.Record, err)
+				continue
+			}
+			parser.Inspect(ast, func(node parser.Node, _ []parser.Node) error {
+				switch n := node.(type) {
+				case *parser.AggregateExpr:
+					for _, l := range n.Grouping {
+						rr.labels[l] = true
+					}
+				case *parser.VectorSelector:
+					if strings.Contains(n.Name, ":") {
+						rr.reads = append(rr.reads, n.Name)
+					}
+				}
+				return nil
+			})
+		}
+	}
+	out := map[string]map[string]bool{}
+	var resolve func(name string, seen map[string]bool) map[string]bool
+	resolve = func(name string, seen map[string]bool) map[string]bool {
+		r, ok := rules[name]
+		if !ok || seen[name] {
+			return nil
+		}
+		seen[name] = true
+		labels := maps.Clone(r.labels)
+		for _, read := range r.reads {
+			maps.Copy(labels, resolve(read, seen))
+		}
+		return labels
+	}
+	for name := range rules {
+		out[name] = resolve(name, map[string]bool{})
+	}
+	return out
 }
