@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math/bits"
 	"strings"
 	"syscall"
 	"testing"
@@ -209,4 +210,60 @@ func TestCollectorReceivesChainSpansAndMetrics(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCollectorReceivesExponentialHistograms: with the standard
+// OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION asking for them,
+// a real Collector receives the histograms as exponential ones at scale 0,
+// the need of a cilium/ebpf-style chain in the bucket that holds it
+// (OpenTelemetry's bucket j is (2^j, 2^(j+1)]).
+func TestCollectorReceivesExponentialHistograms(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	col := backends.StartCollector(t)
+	s := startServer(t, bin, []string{
+		"OTEL_METRICS_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_PROTOCOL=grpc", "OTEL_EXPORTER_OTLP_ENDPOINT=http://" + col.GRPCEndpoint(),
+		"OTEL_METRIC_EXPORT_INTERVAL=500", "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=base2_exponential_bucket_histogram",
+	}, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+	first, _ := ciliumStyleChain(t, "vlog_otlp_exp")
+	need := uint64(first.LogTrueSize)
+	loader := thisComm(t)
+	var got backends.DataPoint
+	col.WaitForMetrics(t, func(ms []backends.Metric) bool {
+		m, ok := backends.LastMetric(ms, "bpf_verifier_log_required_bytes")
+		if !ok || m.Type != "exponential_histogram" {
+			return false
+		}
+		for _, dp := range m.DataPoints {
+			if dp.Attributes["loader"] == loader && dp.Attributes["command"] == "BPF_PROG_LOAD" && dp.Count >= 1 {
+				got = dp
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second)
+	if got.Scale != 0 || got.Count != 1 || got.Sum != float64(need) {
+		t.Errorf("need histogram: scale %d count %d sum %v, want 0, 1, %d", got.Scale, got.Count, got.Sum, need)
+	}
+	// The bucket j with 2^j < need <= 2^(j+1).
+	j := int32(bits.Len64(need-1)) - 1
+	for i, c := range got.PositiveCounts {
+		want := uint64(0)
+		if got.PositiveOffset+int32(i) == j {
+			want = 1
+		}
+		if c != want {
+			t.Errorf("bucket %d holds %d, want %d (need %d is in bucket %d)", got.PositiveOffset+int32(i), c, want, need, j)
+		}
+	}
+	if len(got.PositiveCounts) == 0 {
+		t.Errorf("no buckets: %+v", got)
+	}
+	// /metrics keeps its classic buckets whatever OTLP pushes.
+	_, families := s.scrape()
+	h := series(families, "bpf_verifier_log_required_bytes", map[string]string{"loader": loader, "command": "BPF_PROG_LOAD"})
+	if len(h) != 1 || bucket(h[0].GetHistogram(), float64(uint64(1)<<j)) != 0 || bucket(h[0].GetHistogram(), float64(uint64(1)<<(j+1))) != 1 {
+		t.Errorf("/metrics need histogram, want its classic buckets with the need between le=2^%d and le=2^%d: %v", j, j+1, h)
+	}
+	s.stop()
 }

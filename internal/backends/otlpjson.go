@@ -82,6 +82,13 @@ type DataPoint struct {
 	BucketCounts   []uint64
 	ExplicitBounds []float64
 	Min, Max       *float64
+
+	// Exponential histograms: the scale, the zero bucket's count, and the
+	// positive buckets (PositiveCounts[i] is bucket PositiveOffset+i).
+	Scale          int32
+	ZeroCount      uint64
+	PositiveOffset int32
+	PositiveCounts []uint64
 }
 
 // LogRecord is one log record the collector received, flattened.
@@ -237,6 +244,8 @@ func flattenMetric(m *metricspb.Metric, scope string, res map[string]any) Metric
 			out.DataPoints = append(out.DataPoints, DataPoint{
 				Attributes: attrMap(p.GetAttributes()), StartUnixNano: p.GetStartTimeUnixNano(), TimeUnixNano: p.GetTimeUnixNano(),
 				Count: p.GetCount(), Sum: p.GetSum(), Min: p.Min, Max: p.Max,
+				Scale: p.GetScale(), ZeroCount: p.GetZeroCount(),
+				PositiveOffset: p.GetPositive().GetOffset(), PositiveCounts: p.GetPositive().GetBucketCounts(),
 			})
 		}
 	case *metricspb.Metric_Summary:
