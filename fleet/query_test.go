@@ -292,15 +292,16 @@ func backfill(t *testing.T, nodes []node, base time.Time) string {
 	return data
 }
 
-// startPrometheus serves the TSDB in data (no scrapes) and returns its URL.
-func startPrometheus(t *testing.T, data string) string {
+// startPrometheus serves the TSDB in data with prometheus.yml config and
+// flags extra, and returns its URL.
+func startPrometheus(t *testing.T, data, yml string, extra ...string) string {
 	t.Helper()
 	bin, err := backends.PrometheusBinary()
 	if err != nil {
 		kerneltest.MissingTool(t, err.Error(), "as root, `bash backends/install.sh` installs it")
 	}
 	config := filepath.Join(t.TempDir(), "prometheus.yml")
-	if err := os.WriteFile(config, []byte("global:\n  scrape_interval: 1m\n"), 0o644); err != nil {
+	if err := os.WriteFile(config, []byte(yml), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for attempt := 0; ; attempt++ {
@@ -313,8 +314,8 @@ func startPrometheus(t *testing.T, data string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin, "--config.file="+config, "--storage.tsdb.path="+data, "--web.listen-address="+addr,
-			"--storage.tsdb.retention.time=100y")
+		cmd := exec.Command(bin, append([]string{"--config.file=" + config, "--storage.tsdb.path=" + data, "--web.listen-address=" + addr,
+			"--storage.tsdb.retention.time=100y"}, extra...)...)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -366,7 +367,7 @@ func waitReady(url string, exited <-chan error) error {
 func TestQueryBackfilledFleet(t *testing.T) {
 	base := time.Now().Add(-24 * time.Hour).Truncate(time.Hour)
 	nodes := fleetData()
-	prom := startPrometheus(t, backfill(t, nodes, base))
+	prom := startPrometheus(t, backfill(t, nodes, base), "global:\n  scrape_interval: 1m\n")
 	client, err := api.NewClient(api.Config{Address: prom})
 	if err != nil {
 		t.Fatal(err)
