@@ -290,7 +290,10 @@ func addCumulative(v model.Vector, into func(model.Metric) *Classes) {
 		le float64
 		n  uint64
 	}
-	byLoader := map[loaderKey][]bucket{}
+	// By the bound's value, not its text: a Prometheus 2.x writes le="65536"
+	// for a text scrape and le="65536.0" for a protobuf one, and a fleet
+	// scraped both ways has both.
+	byLoader := map[loaderKey]map[float64]uint64{}
 	metrics := map[loaderKey]model.Metric{}
 	for _, s := range v {
 		le, err := strconv.ParseFloat(string(s.Metric["le"]), 64)
@@ -298,10 +301,17 @@ func addCumulative(v model.Vector, into func(model.Metric) *Classes) {
 			continue
 		}
 		k := loaderKey{string(s.Metric["command"]), string(s.Metric["loader"])}
-		byLoader[k] = append(byLoader[k], bucket{le, count(float64(s.Value))})
+		if byLoader[k] == nil {
+			byLoader[k] = map[float64]uint64{}
+		}
+		byLoader[k][le] += count(float64(s.Value))
 		metrics[k] = s.Metric
 	}
-	for k, bs := range byLoader {
+	for k, byLe := range byLoader {
+		bs := make([]bucket, 0, len(byLe))
+		for le, n := range byLe {
+			bs = append(bs, bucket{le, n})
+		}
 		sort.Slice(bs, func(i, j int) bool { return bs[i].le < bs[j].le })
 		c := into(metrics[k])
 		var below uint64

@@ -81,6 +81,17 @@ func TestAddCumulative(t *testing.T) {
 	if c != want {
 		t.Errorf("classes %v, want %v", c, want)
 	}
+
+	// One node scraped as text (le="4096"), one as protobuf (le="4096.0"):
+	// the same bounds, added up.
+	v = model.Vector{m("+Inf", 3), m("4096", 2), m("128", 1), m("+Inf", 4), m("4096.0", 4), m("128.0", 0)}
+	c = Classes{}
+	addCumulative(v, func(model.Metric) *Classes { return &c })
+	want = Classes{}
+	want[0], want[ClassOf(4096)], want[NumClasses-1] = 1, 5, 1
+	if c != want {
+		t.Errorf("mixed le spellings: classes %v, want %v", c, want)
+	}
 }
 
 // needs is 98 needs in (2 KiB, 4 KiB], one in (32 KiB, 64 KiB] and one in
