@@ -53,7 +53,8 @@ func pushStorms(bin, mode string, threads, runs int, d time.Duration, profiles s
 		if err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(os.Stderr, "bench: storm otlp=%v: %d loads, peak RSS %.1f MiB, RSS after %.1f MiB\n", otlp, st.Issued, float64(st.PeakRSS)/(1<<20), float64(st.RSS)/(1<<20))
+		fmt.Fprintf(os.Stderr, "bench: storm otlp=%v: %d loads, %d seen, peak RSS %.1f MiB, RSS after %.1f MiB, CPU %.1f%%\n",
+			otlp, st.Issued, st.Seen, float64(st.PeakRSS)/(1<<20), float64(st.RSS)/(1<<20), 100*st.ExporterCPU)
 		out = append(out, stormPush{OTLP: otlp, StormResult: st})
 	}
 	return out, nil

@@ -187,7 +187,7 @@ type ExporterProcess struct {
 }
 
 // StartExporter starts exporterBin serving on a free loopback port in
-// attach mode mode, with env added to this process's environment, and
+// attach mode mode, without the new-series hold, with env added to this process's environment, and
 // waits until its /healthz answers ok.
 func StartExporter(exporterBin, mode string, env ...string) (*ExporterProcess, error) {
 	return startExporterProcess(exporterBin, mode, nil, env)
@@ -201,6 +201,8 @@ func startExporterProcess(exporterBin, mode string, args, env []string) (*Export
 	}
 	addr := l.Addr().String()
 	l.Close()
+	// No new-series hold: what /metrics shows is compared with what was
+	// issued at once, not zeros for the hold's first minute.
 	cmd := exec.Command(exporterBin, append([]string{"--web.listen-address=" + addr, "--attach=" + mode, "--log.level=warn", "--metrics.new-series-hold=0"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
