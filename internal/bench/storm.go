@@ -38,6 +38,8 @@ type StormResult struct {
 	ExporterCPU float64
 	// RSS after the storm, and the peak (VmHWM), in bytes.
 	RSS, PeakRSS uint64
+	// Where RSS is after the storm (ResidentParts).
+	Parts RSSParts
 }
 
 // LoadsPerSecond is the storm's load rate.
@@ -128,6 +130,9 @@ func StormWith(exporterBin, mode string, cfg StormConfig) (StormResult, error) {
 	}
 	res.ExporterCPU = (cpu1 - cpu0).Seconds() / res.Duration.Seconds()
 	res.RSS, res.PeakRSS, err = Memory(exp.Pid())
+	if err == nil {
+		res.Parts, err = ResidentParts(exp.Pid())
+	}
 	if err == nil && cfg.HeapProfile != "" {
 		err = saveURL(exp.Base+"/debug/pprof/heap?gc=1", cfg.HeapProfile)
 	}
@@ -303,4 +308,63 @@ func Memory(pid int) (rss, peak uint64, err error) {
 		}
 	}
 	return rss, peak, sc.Err()
+}
+
+// RSSParts splits a process's resident memory by mapping, in bytes.
+type RSSParts struct {
+	// Binary is the executable's own pages (text, rodata, data): file
+	// pages, all resident where the page cache holds the binary in large
+	// folios.
+	Binary uint64
+	// BPFMaps is the BPF maps mapped into the process: the ring buffer,
+	// whose data pages are mapped twice (so that a record may wrap) and
+	// count twice.
+	BPFMaps uint64
+	// Anon is the rest of the anonymous memory: the Go heap, stacks and
+	// runtime; Other the other files and the vDSO (libc).
+	Anon, Other uint64
+}
+
+// ResidentParts reads /proc/PID/smaps.
+func ResidentParts(pid int) (RSSParts, error) {
+	var p RSSParts
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return p, err
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return p, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	var cur *uint64
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(fields[0], ":") { // a mapping's first line
+			path := ""
+			if len(fields) >= 6 {
+				path = strings.Join(fields[5:], " ")
+			}
+			switch {
+			case path == exe:
+				cur = &p.Binary
+			case strings.HasPrefix(path, "anon_inode:bpf"):
+				cur = &p.BPFMaps
+			case path == "" || path == "[heap]" || strings.HasPrefix(path, "[stack") || strings.HasPrefix(path, "[anon"):
+				cur = &p.Anon
+			default:
+				cur = &p.Other
+			}
+			continue
+		}
+		if fields[0] == "Rss:" && len(fields) >= 2 {
+			kb, _ := strconv.ParseUint(fields[1], 10, 64)
+			*cur += kb << 10
+		}
+	}
+	return p, sc.Err()
 }
