@@ -69,7 +69,7 @@ func newInstruments(r *Recorder) *instruments {
 		unknownSize: r.newInstrument("bpf_verifier_log_unknown_size",
 			"Loads (retry chains) that asked for a log but whose need stayed unknown (kernel before 6.4, attr too short for log_true_size).", "{load}", kindSum, nil),
 		duration: r.newInstrument("bpf_prog_load_duration_seconds",
-			"Time the kernel spent in each load attempt.", "s", kindFloatHistogram, DurationBuckets),
+			"Time the kernel spent in each load attempt, whatever its result (bpf_prog_loads_total has the result).", "s", kindFloatHistogram, DurationBuckets),
 		attempts: r.newInstrument("bpf_prog_load_attempts",
 			"Attempts per logical load (retry chain).", "{attempt}", kindIntHistogram, AttemptBuckets),
 	}

@@ -57,7 +57,6 @@ type Pipeline struct {
 
 	loadOpts   *optCache[loadKey]
 	loaderOpts *optCache[loaderKey]
-	resultOpts *optCache[resultKey]
 	sourceOpts *optCache[sourceKey]
 }
 
@@ -112,9 +111,6 @@ func New(cfg Config) (*Pipeline, error) {
 	})
 	p.loaderOpts = newOptCache(n, func(k loaderKey) []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader)}
-	})
-	p.resultOpts = newOptCache(n, func(k resultKey) []attribute.KeyValue {
-		return []attribute.KeyValue{attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader), attribute.String(keyResult, k.result)}
 	})
 	p.sourceOpts = newOptCache(n, func(k sourceKey) []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.String(keyCommand, k.command.String()), attribute.String(keyLoader, k.loader), attribute.String(keySource, string(k.source))}
@@ -185,7 +181,7 @@ func (p *Pipeline) Attempt(ev *tracer.LoadEvent, class sizing.Class, c *sizing.C
 	if class.ShortfallKnown {
 		p.rec.observe(p.in.shortfall, cl, float64(class.Shortfall))
 	}
-	p.rec.observe(p.in.duration, p.resultOpts.get(resultKey{ev.Command, c.Loader, result}), ev.Duration().Seconds())
+	p.rec.observe(p.in.duration, cl, ev.Duration().Seconds())
 	if p.tracer == nil {
 		return
 	}
@@ -288,11 +284,6 @@ type (
 	loaderKey struct {
 		command tracer.Command
 		loader  string
-	}
-	resultKey struct {
-		command tracer.Command
-		loader  string
-		result  string
 	}
 	sourceKey struct {
 		command tracer.Command

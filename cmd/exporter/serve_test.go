@@ -339,9 +339,9 @@ func TestServeExportsExactCountsForKnownLoads(t *testing.T) {
 	if att.GetSampleCount() != 4 || att.GetSampleSum() != 5+retries || (retries == 0 && (bucket(att, 1) != 3 || bucket(att, 2) != 4)) {
 		t.Errorf("attempts count %d sum %v le1 %d le2 %d: want chains of 2, 1, 1, 1", att.GetSampleCount(), att.GetSampleSum(), bucket(att, 1), bucket(att, 2))
 	}
-	dur := hist("bpf_prog_load_duration_seconds", with(map[string]string{"result": "ENOSPC"}))
-	if dur.GetSampleCount() != 1 || dur.GetSampleSum() <= 0 {
-		t.Errorf("duration count %d sum %v", dur.GetSampleCount(), dur.GetSampleSum())
+	dur := hist("bpf_prog_load_duration_seconds", cmd)
+	if dur.GetSampleCount() != uint64(5+retries) || dur.GetSampleSum() <= 0 {
+		t.Errorf("duration count %d sum %v, want every attempt: %v", dur.GetSampleCount(), dur.GetSampleSum(), 5+retries)
 	}
 	wantRec := uint64(128)
 	for wantRec < uint64(need) {
