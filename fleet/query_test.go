@@ -92,8 +92,8 @@ func fleetData() []node {
 // sizeBounds are the exporter's size buckets' le values: 128 B .. 1 GiB.
 func sizeBounds() []float64 {
 	var b []float64
-	for e := minExp; e <= maxExp; e++ {
-		b = append(b, math.Ldexp(1, e))
+	for i := range NumClasses - 1 {
+		b = append(b, float64(sizing.SizeClassUpper(i)))
 	}
 	return b
 }

@@ -19,35 +19,12 @@ import (
 	"github.com/verifierlog/exporter/sizing"
 )
 
-const (
-	minExp = 7  // 128 B, the smallest size bucket's upper bound
-	maxExp = 30 // 1 GiB, the largest finite one
-	// NumClasses is the number of size classes: one per power of two from
-	// 128 B to 1 GiB, plus "larger than 1 GiB".
-	NumClasses = maxExp - minExp + 2
-)
+// Classes are counts per size class (sizing's): the needs' or the
+// buffers' histogram buckets.
+type Classes = sizing.SizeClasses
 
-// Classes are counts per size class, not cumulative. Class 0 holds sizes
-// in (0, 128 B], class i (1 <= i < NumClasses-1) sizes in (2^(i+6),
-// 2^(i+7)], the last class sizes above 1 GiB.
-type Classes [NumClasses]uint64
-
-// ClassUpper is class i's upper bound, 0 for the last (no bound).
-func ClassUpper(i int) uint64 {
-	if i >= NumClasses-1 {
-		return 0
-	}
-	return 1 << (i + minExp)
-}
-
-// ClassLower is class i's lower bound (exclusive): the sizes it holds are
-// above it.
-func ClassLower(i int) uint64 {
-	if i == 0 {
-		return 0
-	}
-	return 1 << (i + minExp - 1)
-}
+// NumClasses is the number of size classes.
+const NumClasses = sizing.NumSizeClasses
 
 // ClassOf is the class of a bucket whose upper bound is upper: the class
 // whose upper bound is the smallest power of two >= upper (upper <= 128
@@ -56,16 +33,12 @@ func ClassLower(i int) uint64 {
 // (2^(i-1), 2^i]) are powers of two, so the class holds the same sizes.
 func ClassOf(upper float64) int {
 	switch {
-	case math.IsNaN(upper) || upper <= 1<<minExp:
+	case math.IsNaN(upper) || upper <= 0:
 		return 0
-	case math.IsInf(upper, 1) || upper > 1<<maxExp:
+	case math.IsInf(upper, 1) || upper > math.MaxUint64/2:
 		return NumClasses - 1
 	}
-	_, exp := math.Frexp(upper) // upper = frac * 2^exp, frac in [0.5, 1)
-	if upper == math.Ldexp(1, exp-1) {
-		exp-- // an exact power of two
-	}
-	return exp - minExp
+	return sizing.SizeClassOf(uint64(math.Ceil(upper)))
 }
 
 // Counts are one (command, loader)'s fleet-wide figures over the window,
@@ -140,37 +113,8 @@ type DefaultReport struct {
 	AvgWasteAtMost  float64 `json:"avg_waste_bytes_at_most"`
 }
 
-// Quantile is the smallest class upper bound holding fraction of the
-// counts (the smallest bound whose cumulative count >= ceil(total *
-// fraction), sizing's rule), and false with no counts or above 1 GiB.
-func Quantile(c Classes, fraction float64) (uint64, bool) {
-	total := c.Total()
-	if total == 0 {
-		return 0, false
-	}
-	want := uint64(math.Ceil(float64(total) * fraction))
-	var acc uint64
-	for i, n := range c {
-		acc += n
-		if acc >= want {
-			size := ClassUpper(i)
-			return size, size != 0
-		}
-	}
-	return 0, false
-}
-
-// Total is the sum of the counts.
-func (c Classes) Total() uint64 {
-	var t uint64
-	for _, n := range c {
-		t += n
-	}
-	return t
-}
-
 // top is the highest class with a count, -1 if none.
-func (c Classes) top() int {
+func top(c *Classes) int {
 	for i := len(c) - 1; i >= 0; i-- {
 		if c[i] > 0 {
 			return i
@@ -181,7 +125,7 @@ func (c Classes) top() int {
 
 // mostUsed is the class counted most often, the larger of a tie; -1 if
 // none.
-func (c Classes) mostUsed() int {
+func mostUsed(c *Classes) int {
 	best := -1
 	for i, n := range c {
 		if n > 0 && (best < 0 || n >= c[best]) {
@@ -197,23 +141,23 @@ func NewLoaderReport(c Counts, defaults []sizing.Default) LoaderReport {
 	known := c.Needs.Total()
 	r := LoaderReport{Command: c.Command, Loader: c.Loader, Loads: c.Loads, NeedsKnown: known,
 		Truncated: c.Truncated, UnknownNeeds: c.Unknown, Recommended: map[string]uint64{}, Defaults: []DefaultReport{}}
-	r.NeedP50Bytes, _ = Quantile(c.Needs, 0.5)
-	r.NeedP99Bytes, _ = Quantile(c.Needs, 0.99)
+	r.NeedP50Bytes, _ = c.Needs.Quantile(0.5)
+	r.NeedP99Bytes, _ = c.Needs.Quantile(0.99)
 	for _, cov := range sizing.Coverages {
-		if size, ok := Quantile(c.Needs, cov.Fraction); ok {
+		if size, ok := c.Needs.Quantile(cov.Fraction); ok {
 			r.Recommended[cov.Label] = size
 		}
 	}
-	if t := c.Needs.top(); t >= 0 {
-		r.NeedMaxAboveBytes, r.NeedMaxAtMostBytes = ClassLower(t), ClassUpper(t)
+	if t := top(&c.Needs); t >= 0 {
+		r.NeedMaxAboveBytes, r.NeedMaxAtMostBytes = sizing.SizeClassLower(t), sizing.SizeClassUpper(t)
 	}
-	if m := c.Buffers.mostUsed(); m >= 0 {
-		r.TypicalBufferAboveBytes, r.TypicalBufferAtMostBytes = ClassLower(m), ClassUpper(m)
+	if m := mostUsed(&c.Buffers); m >= 0 {
+		r.TypicalBufferAboveBytes, r.TypicalBufferAtMostBytes = sizing.SizeClassLower(m), sizing.SizeClassUpper(m)
 		if r.TypicalBufferAtMostBytes == 0 { // above 1 GiB: log_size is a u32
 			r.TypicalBufferAtMostBytes = math.MaxUint32
 		}
 	}
-	r.Verdict = Verdict(r.Recommended["1"], r.TypicalBufferAtMostBytes, c.Truncated)
+	r.Verdict = sizing.VerdictOf(r.Recommended["1"], r.TypicalBufferAtMostBytes, c.Truncated)
 	for _, d := range defaults {
 		r.Defaults = append(r.Defaults, defaultReport(d, c, known))
 	}
@@ -238,7 +182,7 @@ func defaultReport(d sizing.Default, c Counts, known uint64) DefaultReport {
 		if n == 0 {
 			continue
 		}
-		lo, up := float64(ClassLower(i)), float64(ClassUpper(i))
+		lo, up := float64(sizing.SizeClassLower(i)), float64(sizing.SizeClassUpper(i))
 		if i == NumClasses-1 {
 			up = math.Inf(1)
 		}
@@ -279,22 +223,4 @@ func defaultReport(d sizing.Default, c Counts, known uint64) DefaultReport {
 		dr.AvgWasteBytes = &w
 	}
 	return dr
-}
-
-// Verdict compares the typical buffer's upper bound with the size that held
-// every known need, by sizing's rule: undersized if any attempt got ENOSPC
-// or the typical buffer is below it; oversized by Nx from 4x up; right in
-// between; unknown without either. Both are powers of two, so N is too.
-func Verdict(recommended, typical, truncated uint64) sizing.Verdict {
-	switch {
-	case truncated > 0 || (recommended > 0 && typical > 0 && typical < recommended):
-		return sizing.VerdictUndersized
-	case recommended == 0 || typical == 0:
-		return sizing.VerdictUnknown
-	}
-	ratio := float64(typical) / float64(recommended)
-	if ratio >= 4 {
-		return sizing.Oversized(int64(math.Round(ratio)))
-	}
-	return sizing.VerdictRight
 }

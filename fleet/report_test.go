@@ -25,12 +25,12 @@ func TestClassOf(t *testing.T) {
 		}
 	}
 	for i := 1; i < NumClasses-1; i++ {
-		if ClassOf(float64(ClassUpper(i))) != i || ClassLower(i)*2 != ClassUpper(i) {
-			t.Errorf("class %d: (%d, %d] maps to %d", i, ClassLower(i), ClassUpper(i), ClassOf(float64(ClassUpper(i))))
+		if ClassOf(float64(sizing.SizeClassUpper(i))) != i || sizing.SizeClassLower(i)*2 != sizing.SizeClassUpper(i) {
+			t.Errorf("class %d: (%d, %d] maps to %d", i, sizing.SizeClassLower(i), sizing.SizeClassUpper(i), ClassOf(float64(sizing.SizeClassUpper(i))))
 		}
 	}
-	if ClassUpper(NumClasses-1) != 0 || ClassLower(NumClasses-1) != 1<<30 {
-		t.Errorf("last class (%d, %d], want above 1 GiB", ClassLower(NumClasses-1), ClassUpper(NumClasses-1))
+	if sizing.SizeClassUpper(NumClasses-1) != 0 || sizing.SizeClassLower(NumClasses-1) != 1<<30 {
+		t.Errorf("last class (%d, %d], want above 1 GiB", sizing.SizeClassLower(NumClasses-1), sizing.SizeClassUpper(NumClasses-1))
 	}
 }
 
@@ -63,8 +63,8 @@ func TestAddNative(t *testing.T) {
 	if c != want {
 		t.Errorf("classes %v, want %v", c, want)
 	}
-	if ClassUpper(ClassOf(128<<10)) != 128<<10 {
-		t.Errorf("native bucket 17's class has upper bound %d", ClassUpper(ClassOf(128<<10)))
+	if sizing.SizeClassUpper(ClassOf(128<<10)) != 128<<10 {
+		t.Errorf("native bucket 17's class has upper bound %d", sizing.SizeClassUpper(ClassOf(128<<10)))
 	}
 }
 
@@ -110,16 +110,16 @@ func TestQuantiles(t *testing.T) {
 		f    float64
 		want uint64
 	}{{0.5, 4096}, {0.98, 4096}, {0.99, 64 << 10}, {0.995, 1 << 20}, {1, 1 << 20}} {
-		if got, ok := Quantile(c, q.f); !ok || got != q.want {
+		if got, ok := c.Quantile(q.f); !ok || got != q.want {
 			t.Errorf("Quantile(%v) = %d %v, want %d", q.f, got, ok, q.want)
 		}
 	}
-	if _, ok := Quantile(Classes{}, 0.5); ok {
+	if _, ok := (&Classes{}).Quantile(0.5); ok {
 		t.Error("a quantile of no needs")
 	}
 	var huge Classes
 	huge[NumClasses-1] = 1
-	if _, ok := Quantile(huge, 1); ok {
+	if _, ok := huge.Quantile(1); ok {
 		t.Error("a quantile above 1 GiB is not a size")
 	}
 	r := NewLoaderReport(Counts{Needs: huge, Loads: 1}, nil)
@@ -222,7 +222,7 @@ func TestVerdict(t *testing.T) {
 		{128 << 10, 0, 0, sizing.VerdictUnknown},
 		{0, 0, 2, sizing.VerdictUndersized},
 	} {
-		if got := Verdict(c.rec, c.typical, c.truncated); got != c.want {
+		if got := sizing.VerdictOf(c.rec, c.typical, c.truncated); got != c.want {
 			t.Errorf("Verdict(%d, %d, %d) = %q, want %q", c.rec, c.typical, c.truncated, got, c.want)
 		}
 	}

@@ -191,7 +191,7 @@ func TestRecommendationsPerLoader(t *testing.T) {
 }
 
 func TestOversizedVerdictSaysByHowMuch(t *testing.T) {
-	if v := verdict(131072, 16<<20-1, 0); v != Oversized(128) || v != "oversized by 128x" {
+	if v := VerdictOf(131072, 16<<20-1, 0); v != Oversized(128) || v != "oversized by 128x" {
 		t.Errorf("16 MiB for 128 KiB: %q", v)
 	}
 }

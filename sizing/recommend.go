@@ -2,7 +2,6 @@ package sizing
 
 import (
 	"math"
-	"math/bits"
 	"sort"
 	"strconv"
 	"time"
@@ -37,34 +36,9 @@ var WellKnownDefaults = []Default{
 }
 
 const (
-	minSizeExp = 7  // 128 B, the smallest size bucket
-	maxSizeExp = 30 // 1 GiB, the largest
-	// sizeClasses: one per power of two from 2^7 to 2^30, plus "larger".
-	sizeClasses = maxSizeExp - minSizeExp + 2
 	windowSlots = 24
 	topBuffers  = 8
 )
-
-// sizeClass is the index of the smallest power of two >= n (at least
-// 128 B), or the last class for needs above 1 GiB.
-func sizeClass(n uint32) int {
-	if n <= 1<<minSizeExp {
-		return 0
-	}
-	exp := bits.Len32(n - 1) // smallest e with 2^e >= n
-	if exp > maxSizeExp {
-		return sizeClasses - 1
-	}
-	return exp - minSizeExp
-}
-
-// classSize is the buffer size of class i (0 for "larger than 1 GiB").
-func classSize(i int) uint64 {
-	if i >= sizeClasses-1 {
-		return 0
-	}
-	return 1 << (i + minSizeExp)
-}
 
 // slot is one time slice of a loader's window. Every field is a count or a
 // sum, so memory is fixed whatever the load rate, and every figure is exact:
@@ -75,7 +49,7 @@ type slot struct {
 	start     uint64 // the slot's first ns
 	loads     uint64 // logical loads (chains) ended
 	truncated uint64 // attempts that ended in ENOSPC
-	needs     [sizeClasses]uint64
+	needs     SizeClasses
 	maxNeed   uint32
 	// Per configured default: needs it would not have held, and the sum of
 	// bytes it would have left unused for those it held.
@@ -131,7 +105,7 @@ func (w *loaderWindow) at(ns uint64) *slot {
 func (w *loaderWindow) addNeed(ns uint64, need uint32) {
 	s := w.at(ns)
 	s.loads++
-	s.needs[sizeClass(need)]++
+	s.needs[SizeClassOf(uint64(need))]++
 	s.maxNeed = max(s.maxNeed, need)
 	for i, d := range w.defaults {
 		if need > d.Bytes {
@@ -192,7 +166,7 @@ func countBuffer(counts *[topBuffers]bufferCount, other *uint64, size uint32) {
 type summary struct {
 	loads, truncated, unknown uint64
 	unknownAbove, maxNeed     uint32
-	needs                     [sizeClasses]uint64
+	needs                     SizeClasses
 	known                     uint64
 	defTruncated, defWaste    []uint64
 	buffers, firstBuffers     map[uint32]uint64
@@ -234,24 +208,6 @@ func (w *loaderWindow) sum(nowNs uint64) summary {
 		}
 	}
 	return out
-}
-
-// quantile is the smallest class size holding fraction of the needs, and
-// false if there are none (or the answer is above 1 GiB).
-func quantile(counts [sizeClasses]uint64, total uint64, fraction float64) (uint64, bool) {
-	if total == 0 {
-		return 0, false
-	}
-	want := uint64(math.Ceil(float64(total) * fraction))
-	var acc uint64
-	for i, n := range counts {
-		acc += n
-		if acc >= want {
-			size := classSize(i)
-			return size, size != 0
-		}
-	}
-	return 0, false
 }
 
 // windowKey names one loader's window.
@@ -355,7 +311,7 @@ func (l *Ledger) RecommendedSizes(nowNs uint64, observe func(command tracer.Comm
 	for k, w := range l.windows {
 		s := w.sum(nowNs)
 		for _, cov := range Coverages {
-			if size, ok := quantile(s.needs, s.known, cov.Fraction); ok {
+			if size, ok := s.needs.Quantile(cov.Fraction); ok {
 				observe(k.command, k.loader, cov.Label, size)
 			}
 		}
@@ -366,16 +322,16 @@ func report(k windowKey, defaults []Default, s summary) LoaderReport {
 	r := LoaderReport{Command: k.command.String(), Loader: k.loader, Loads: s.loads, NeedsKnown: s.known,
 		Truncated: s.truncated, NeedMaxBytes: s.maxNeed, Recommended: map[string]uint64{},
 		UnknownNeeds: s.unknown, UnknownNeedAboveBytes: s.unknownAbove}
-	r.NeedP50Bytes, _ = quantile(s.needs, s.known, 0.5)
-	r.NeedP99Bytes, _ = quantile(s.needs, s.known, 0.99)
+	r.NeedP50Bytes, _ = s.needs.Quantile(0.5)
+	r.NeedP99Bytes, _ = s.needs.Quantile(0.99)
 	for _, c := range Coverages {
-		if size, ok := quantile(s.needs, s.known, c.Fraction); ok {
+		if size, ok := s.needs.Quantile(c.Fraction); ok {
 			r.Recommended[c.Label] = size
 		}
 	}
 	r.TypicalBufferBytes = mostUsed(s.buffers)
 	r.FirstBufferBytes = mostUsed(s.firstBuffers)
-	r.Verdict = verdict(r.Recommended["1"], r.TypicalBufferBytes, s.truncated)
+	r.Verdict = VerdictOf(r.Recommended["1"], uint64(r.TypicalBufferBytes), s.truncated)
 	for i, d := range defaults {
 		dr := DefaultReport{Default: d}
 		if s.known > 0 {
@@ -421,12 +377,13 @@ func Oversized(factor int64) Verdict {
 	return Verdict("oversized by " + strconv.FormatInt(factor, 10) + "x")
 }
 
-// verdict compares the loader's typical buffer with the size that holds
-// every log seen: undersized if any attempt was truncated or the typical
-// buffer is below it; oversized by Nx from 4x up; right in between.
-func verdict(recommended uint64, typical uint32, truncated uint64) Verdict {
+// VerdictOf compares a loader's typical buffer with the size that holds
+// every log seen (recommended): undersized if any attempt was truncated or
+// the typical buffer is below it; oversized by Nx from 4x up; right in
+// between; unknown without either.
+func VerdictOf(recommended, typical, truncated uint64) Verdict {
 	switch {
-	case truncated > 0 || (recommended > 0 && typical > 0 && uint64(typical) < recommended):
+	case truncated > 0 || (recommended > 0 && typical > 0 && typical < recommended):
 		return VerdictUndersized
 	case recommended == 0 || typical == 0:
 		return VerdictUnknown

@@ -9,7 +9,7 @@ import (
 func TestSizeClassIsTheSmallestPowerOfTwoThatHolds(t *testing.T) {
 	for n, want := range map[uint32]uint64{0: 128, 1: 128, 128: 128, 129: 256, 5153: 8192, 65536: 65536,
 		65537: 131072, 1_000_000: 1 << 20, 16<<20 - 1: 16 << 20, 1 << 30: 1 << 30, 1<<30 + 1: 0} {
-		if got := classSize(sizeClass(n)); got != want {
+		if got := SizeClassUpper(SizeClassOf(uint64(n))); got != want {
 			t.Errorf("need %d: class size %d, want %d", n, got, want)
 		}
 	}
@@ -26,10 +26,10 @@ func TestQuantilesAndDefaultsAreExact(t *testing.T) {
 	if s.known != 100 || s.loads != 100 || s.maxNeed != 70000 {
 		t.Fatalf("summary %+v", s)
 	}
-	if q, ok := quantile(s.needs, s.known, 0.99); !ok || q != 8192 {
+	if q, ok := s.needs.Quantile(0.99); !ok || q != 8192 {
 		t.Errorf("99%%: %d %v, want 8192", q, ok)
 	}
-	if q, ok := quantile(s.needs, s.known, 1); !ok || q != 131072 {
+	if q, ok := s.needs.Quantile(1); !ok || q != 131072 {
 		t.Errorf("100%%: %d %v, want 131072", q, ok)
 	}
 	r := report(windowKey{loader: "l"}, defaults, s)
@@ -43,10 +43,10 @@ func TestQuantilesAndDefaultsAreExact(t *testing.T) {
 	}
 	w.addNeed(3, 70000) // 2 of 101 above 8 KiB: 99% needs 128 KiB
 	s = w.sum(3)
-	if q, _ := quantile(s.needs, s.known, 0.99); q != 131072 {
+	if q, _ := s.needs.Quantile(0.99); q != 131072 {
 		t.Errorf("99%% of 101 with 2 large: %d, want 131072", q)
 	}
-	if _, ok := quantile([sizeClasses]uint64{}, 0, 1); ok {
+	if _, ok := (&SizeClasses{}).Quantile(1); ok {
 		t.Error("quantile of nothing")
 	}
 }
@@ -91,7 +91,7 @@ func TestVerdict(t *testing.T) {
 		{0, 65536, 0, "unknown"},
 		{0, 4096, 2, "undersized"},
 	} {
-		if got := verdict(c.rec, c.typical, c.truncated); got != c.want {
+		if got := VerdictOf(c.rec, uint64(c.typical), c.truncated); got != c.want {
 			t.Errorf("recommended %d typical %d truncated %d: %q, want %q", c.rec, c.typical, c.truncated, got, c.want)
 		}
 	}
