@@ -78,24 +78,23 @@ type NodePlan struct {
 type Timeline struct {
 	Scrape time.Duration // scrape interval
 	Hold   time.Duration // the Recorder's new-series hold
-	// Wave1 and Wave2: restarts, joins (Wave1 only) and further loads.
-	Wave1, Wave2 time.Duration
+	// Wave: restarts, joins and further loads.
+	Wave time.Duration
 	// Leave: the leaving nodes' targets are removed.
 	Leave time.Duration
 	// End: the evaluation time of the fleet report.
 	End time.Duration
 }
 
-// NewTimeline spaces the waves so that every load is visible (past the
+// NewTimeline spaces the events so that every load is visible (past the
 // hold, and past the discovery of a joining target, whose first scrape
 // the hold must wait for) a few scrape intervals before the next event
 // that depends on it: a restart, a leave, the end.
 func NewTimeline(scrape, hold time.Duration) Timeline {
-	margin := 4 * scrape
+	margin := 3 * scrape
 	tl := Timeline{Scrape: scrape, Hold: hold}
-	tl.Wave1 = hold + margin
-	tl.Wave2 = tl.Wave1 + hold + margin
-	tl.Leave = tl.Wave2 + hold + margin
+	tl.Wave = hold + margin
+	tl.Leave = tl.Wave + hold + margin
 	tl.End = tl.Leave + margin
 	return tl
 }
@@ -111,10 +110,8 @@ type Plan struct {
 // log_true_size.
 func joins(id int) bool          { return id%20 == 3 }
 func leaves(id int) bool         { return id%20 == 11 }
-func restartsWave1(id int) bool  { return id%10 == 5 }
-func restartsWave2(id int) bool  { return id%20 == 9 }
-func extraWave1(id int) bool     { return id%5 == 1 }
-func extraWave2(id int) bool     { return id%5 == 2 }
+func restarts(id int) bool       { return id%10 == 5 || id%20 == 9 }
+func extra(id int) bool          { return id%5 == 1 || id%5 == 2 }
 func oldKernel(id int) bool      { return id%10 == 6 }
 func runsCilium(id int) bool     { return id%3 == 0 }
 func runsTiny(id int) bool       { return id%2 == 0 }
@@ -128,8 +125,8 @@ func NewPlan(n int, tl Timeline, seed uint64) Plan {
 		np := NodePlan{ID: id}
 		boot := Step{At: 0}
 		if joins(id) {
-			np.Join = tl.Wave1
-			boot.At = tl.Wave1
+			np.Join = tl.Wave
+			boot.At = tl.Wave
 		}
 		if leaves(id) {
 			np.Leave = tl.Leave
@@ -142,12 +139,19 @@ func NewPlan(n int, tl Timeline, seed uint64) Plan {
 			libbpfScale: 16<<10 + rng.Uint32N(184<<10),
 			ciliumScale: 1536<<10 + rng.Uint32N(3<<20),
 		}
-		progs := map[string]int{LoaderLibbpf: 2 + rng.IntN(4)}
+		// Up to 3 programs per loader, 2 on a joining node: a restarted
+		// node loads them twice, a joiner's series are the shortest, and
+		// RoundingBound must stay below 0.5.
+		most := 3
+		if np.Join > 0 {
+			most = 2
+		}
+		progs := map[string]int{LoaderLibbpf: 1 + rng.IntN(most)}
 		if runsCilium(id) {
-			progs[LoaderCilium] = 1 + rng.IntN(3)
+			progs[LoaderCilium] = 1 + rng.IntN(most)
 		}
 		if runsTiny(id) {
-			progs[LoaderTiny] = 1 + rng.IntN(5)
+			progs[LoaderTiny] = 1 + rng.IntN(most)
 		}
 		// The boot programs: loaded at the boot (or join), and again
 		// after a restart, with the same needs.
@@ -159,28 +163,22 @@ func NewPlan(n int, tl Timeline, seed uint64) Plan {
 		}
 		boot.Loads = bootLoads
 		np.Steps = append(np.Steps, boot)
-		for w, at := range []time.Duration{tl.Wave1, tl.Wave2} {
-			if np.Join != 0 {
-				break // joiners only boot: their series are the shortest
+		switch {
+		case np.Join > 0: // joiners only boot
+		case restarts(id):
+			np.Steps = append(np.Steps, Step{At: tl.Wave, Restart: true, Loads: bootLoads})
+		case extra(id):
+			// A reload of one of its loaders' programs, new versions with
+			// new needs.
+			l := LoaderLibbpf
+			if runsCilium(id) && rng.IntN(2) == 0 {
+				l = LoaderCilium
 			}
-			restart := (w == 0 && restartsWave1(id)) || (w == 1 && restartsWave2(id))
-			extra := (w == 0 && extraWave1(id)) || (w == 1 && extraWave2(id))
-			switch {
-			case restart:
-				np.Steps = append(np.Steps, Step{At: at, Restart: true, Loads: bootLoads})
-			case extra:
-				// A reload of one of its loaders' programs, new versions
-				// with new needs.
-				l := LoaderLibbpf
-				if runsCilium(id) && rng.IntN(2) == 0 {
-					l = LoaderCilium
-				}
-				var loads []Load
-				for i := range 1 + rng.IntN(2) {
-					loads = append(loads, g.load(l, fmt.Sprintf("%s_w%d_%d", progName(l), w+1, i)))
-				}
-				np.Steps = append(np.Steps, Step{At: at, Loads: loads})
+			var loads []Load
+			for i := range 1 + rng.IntN(2) {
+				loads = append(loads, g.load(l, fmt.Sprintf("%s_v2_%d", progName(l), i)))
 			}
+			np.Steps = append(np.Steps, Step{At: tl.Wave, Loads: loads})
 		}
 		p.Nodes = append(p.Nodes, np)
 	}
@@ -396,15 +394,15 @@ func (lt *LoaderTruth) AvgWaste(size uint32) (float64, bool) {
 
 // RoundingBound is the largest error the window's extrapolation can add
 // to one series' count of loads, of needs in a bucket or of ENOSPC
-// attempts, in counts: increase() stretches a series' rise by at most half
-// a scrape interval at the window's start (a native histogram's first
-// sample is not taken as its zero point, unlike a counter's) and one
-// interval at its end, over the series' sampled span. Per-series round()
-// is exact while this stays below 0.5. A series' span starts at its
-// node's first scrape (up to 5 s of discovery and an interval after a
-// join) and ends at its leave or the end. (The buffers' counts, whose
-// bucket of most attempts is the typical buffer, may be off by one per
-// series: they count attempts, retries included.)
+// attempts, in counts: increase() stretches a series' rise by up to one
+// scrape interval at its end, and a histogram's by half an interval more
+// at its start (a native histogram's first sample is not taken as its
+// zero point, unlike a counter's), over the series' sampled span.
+// Per-series round() is exact while this stays below 0.5. A series' span
+// starts at its node's first scrape (up to 5 s of discovery and an
+// interval after a join) and ends at its leave or the end. (The buffers'
+// counts, whose bucket of most attempts is the typical buffer, may be off
+// by one per series: they count attempts, retries included.)
 func (p Plan) RoundingBound() float64 {
 	var worst float64
 	for _, n := range p.Nodes {
@@ -422,7 +420,7 @@ func (p Plan) RoundingBound() float64 {
 			}
 		}
 		for _, c := range loads {
-			worst = max(worst, float64(c)*p.stretch(n, 0))
+			worst = max(worst, float64(c)*p.stretch(n, 0)*3/2)
 		}
 		for l, c := range enospc {
 			worst = max(worst, float64(c)*p.stretch(n, born[l]))
@@ -432,19 +430,19 @@ func (p Plan) RoundingBound() float64 {
 }
 
 // MaxStretch is the largest relative error the window's extrapolation can
-// give a series' increase(): the bound on the error of a histogram sum's
-// increase, which cannot be rounded, and so of the mean need the fleet
-// report's AvgWasteBytes derives from it.
+// give a histogram's increase(): the bound on the error of a histogram
+// sum's increase, which cannot be rounded, and so of the mean need the
+// fleet report's AvgWasteBytes derives from it.
 func (p Plan) MaxStretch() float64 {
 	var worst float64
 	for _, n := range p.Nodes {
-		worst = max(worst, p.stretch(n, 0))
+		worst = max(worst, p.stretch(n, 0)*3/2)
 	}
 	return worst
 }
 
-// stretch is how much increase() may stretch a series of node n born at
-// born, relative to its sampled span.
+// stretch is a scrape interval relative to the sampled span of a series of
+// node n born at born.
 func (p Plan) stretch(n NodePlan, born time.Duration) float64 {
 	tl := p.Timeline
 	from := born + tl.Scrape
@@ -455,5 +453,5 @@ func (p Plan) stretch(n NodePlan, born time.Duration) float64 {
 	if n.Leave > 0 {
 		to = n.Leave
 	}
-	return float64(3*tl.Scrape/2) / float64(to-from)
+	return float64(tl.Scrape) / float64(to-from)
 }
