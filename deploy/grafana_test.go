@@ -241,11 +241,25 @@ func TestDashboard(t *testing.T) {
 			}
 		}
 		if p.Type == "heatmap" {
+			// A classic target (sum by (le) of the _bucket series) and a
+			// native one (the native histogram, no le), for a Prometheus
+			// without and with native histograms.
+			var classic, native int
 			for _, tg := range p.Targets {
-				if tg.Format != "heatmap" || !strings.Contains(tg.Expr, "_bucket") || !strings.Contains(tg.Expr, "by (le)") {
-					t.Errorf("heatmap %q target %s: want format heatmap over sum by (le) of a _bucket series: %s", p.Title, tg.RefID, tg.Expr)
+				switch {
+				case tg.Format != "heatmap":
+					t.Errorf("heatmap %q target %s: format %q, want heatmap", p.Title, tg.RefID, tg.Format)
+				case strings.Contains(tg.Expr, "_bucket") && strings.Contains(tg.Expr, "by (le)"):
+					classic++
+					heatmaps = append(heatmaps, tg.Expr)
+				case !strings.Contains(tg.Expr, "_bucket") && !strings.Contains(tg.Expr, "by (le)"):
+					native++
+				default:
+					t.Errorf("heatmap %q target %s: neither sum by (le) of a _bucket series nor a native histogram: %s", p.Title, tg.RefID, tg.Expr)
 				}
-				heatmaps = append(heatmaps, tg.Expr)
+			}
+			if classic != 1 || native != 1 {
+				t.Errorf("heatmap %q: %d classic and %d native targets, want one of each", p.Title, classic, native)
 			}
 		}
 	}
