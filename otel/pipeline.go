@@ -54,6 +54,9 @@ type Pipeline struct {
 	tracer trace.Tracer // nil: no spans
 	spans  map[*sizing.Chain]chainSpan
 	now    func() uint64
+	// attrs is scratch space for span attributes, which the SDK copies:
+	// one slice for every span, under mu.
+	attrs []attribute.KeyValue
 
 	loadOpts   *optCache[loadKey]
 	loaderOpts *optCache[loaderKey]
@@ -185,15 +188,19 @@ func (p *Pipeline) Attempt(ev *tracer.LoadEvent, class sizing.Class, c *sizing.C
 	if p.tracer == nil {
 		return
 	}
+	// The identity attributes are built once into the scratch slice: the
+	// chain span (when this attempt opens it) and the attempt span copy
+	// them from there.
+	attrs := appendIdentityAttributes(p.attrs[:0], ev)
 	cs, ok := p.spans[c]
 	if !ok {
 		cs.ctx, cs.span = p.tracer.Start(context.Background(), "bpf.load",
 			trace.WithTimestamp(p.clock.Time(c.FirstStartNs)),
-			trace.WithSpanKind(trace.SpanKindInternal),
-			trace.WithAttributes(identityAttributes(ev)...))
+			trace.WithSpanKind(trace.SpanKindInternal))
+		cs.span.SetAttributes(attrs...)
 		p.spans[c] = cs
 	}
-	p.attemptSpan(cs.ctx, c, ev, class)
+	p.attrs = p.attemptSpan(cs.ctx, c, ev, class, attrs)
 }
 
 // ChainEnded implements sizing.Sink: the logical load's metrics, and the
@@ -212,46 +219,51 @@ func (p *Pipeline) ChainEnded(c *sizing.Chain) {
 	}
 	cs := p.spans[c]
 	delete(p.spans, c)
-	cs.span.SetAttributes(
+	attrs := append(p.attrs[:0],
 		attribute.Int("bpf.load.attempts", c.Attempts),
 		attribute.Float64("bpf.load.failed_seconds", time.Duration(c.FailedNs).Seconds()))
 	if c.NeedSource == tracer.NeedUnknown && c.LogRequested {
 		// What the chain proves of a need nobody measured.
 		if c.NeedAbove > 0 {
-			cs.span.SetAttributes(attribute.Int("bpf.log.need_above", int(c.NeedAbove)))
+			attrs = append(attrs, attribute.Int("bpf.log.need_above", int(c.NeedAbove)))
 		}
 		if atMost, ok := c.NeedAtMost(); ok {
-			cs.span.SetAttributes(attribute.Int("bpf.log.need_at_most", int(atMost)))
+			attrs = append(attrs, attribute.Int("bpf.log.need_at_most", int(atMost)))
 		}
 	}
 	if !c.LastOK {
-		cs.span.SetAttributes(attribute.String("error.type", c.LastErrno))
+		attrs = append(attrs, attribute.String("error.type", c.LastErrno))
 		cs.span.SetStatus(codes.Error, c.LastErrno)
 	}
+	// One call: the span grows its attribute slice once.
+	cs.span.SetAttributes(attrs...)
+	p.attrs = attrs
 	cs.span.End(trace.WithTimestamp(p.clock.Time(c.LastEndNs)))
 }
 
-// identityAttributes are the span attributes that name the load and its
-// process, on both the chain span and the attempt spans.
-func identityAttributes(ev *tracer.LoadEvent) []attribute.KeyValue {
-	attrs := []attribute.KeyValue{
+// appendIdentityAttributes appends the span attributes that name the load
+// and its process, those of both the chain span and the attempt spans, to
+// dst.
+func appendIdentityAttributes(dst []attribute.KeyValue, ev *tracer.LoadEvent) []attribute.KeyValue {
+	dst = append(dst,
 		attribute.String("bpf.command", ev.Command.String()),
 		attribute.Int("process.pid", int(ev.PID)),
-		attribute.String("process.executable.name", ev.Comm.String()),
-	}
+		attribute.String("process.executable.name", ev.Comm.String()))
 	if ev.Command == tracer.CmdProgLoad {
-		attrs = append(attrs,
+		dst = append(dst,
 			attribute.String("bpf.prog.name", ev.ProgName.String()),
 			attribute.String("bpf.prog.type", tracer.ProgTypeName(ev.ProgType)),
 			attribute.Int("bpf.prog.insn_count", int(ev.InsnCnt)))
 	}
-	return attrs
+	return dst
 }
 
 // attemptSpan records one attempt as a child of its chain's span (ctx),
-// with the kernel's start and end times.
-func (p *Pipeline) attemptSpan(ctx context.Context, c *sizing.Chain, ev *tracer.LoadEvent, class sizing.Class) {
-	attrs := append(identityAttributes(ev),
+// with the kernel's start and end times. attrs holds the attempt's
+// identity attributes; the attempt's own are appended to it, and the
+// slice is returned for reuse (the span keeps a copy).
+func (p *Pipeline) attemptSpan(ctx context.Context, c *sizing.Chain, ev *tracer.LoadEvent, class sizing.Class, attrs []attribute.KeyValue) []attribute.KeyValue {
+	attrs = append(attrs,
 		attribute.Int("thread.id", int(ev.TID)),
 		attribute.Int("bpf.log.level", int(ev.LogLevel)),
 		attribute.String("bpf.log.mode", ev.LogMode().String()),
@@ -263,13 +275,17 @@ func (p *Pipeline) attemptSpan(ctx context.Context, c *sizing.Chain, ev *tracer.
 	}
 	_, span := p.tracer.Start(ctx, ev.Command.String(),
 		trace.WithTimestamp(p.clock.Time(ev.StartNs)),
-		trace.WithSpanKind(trace.SpanKindInternal),
-		trace.WithAttributes(attrs...))
+		trace.WithSpanKind(trace.SpanKindInternal))
 	if !ev.OK() {
-		span.SetAttributes(attribute.String("error.type", ev.ErrnoName()))
-		span.SetStatus(codes.Error, ev.ErrnoName())
+		errno := ev.ErrnoName()
+		attrs = append(attrs, attribute.String("error.type", errno))
+		span.SetStatus(codes.Error, errno)
 	}
+	// Set after Start rather than passed to it: passed, they would be
+	// copied twice, into the start config and then into the span.
+	span.SetAttributes(attrs...)
 	span.End(trace.WithTimestamp(p.clock.Time(ev.EndNs)))
+	return attrs
 }
 
 // Keys of the cached attribute sets.
