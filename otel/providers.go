@@ -112,7 +112,7 @@ func Setup(ctx context.Context, build BuildInfo) (*Telemetry, error) {
 			_ = t.MeterProvider.Shutdown(ctx)
 			return nil, err
 		}
-		exp, err := autoexport.NewSpanExporter(ctx)
+		exp, err := newSpanExporter(ctx, v)
 		if err != nil {
 			_ = t.MeterProvider.Shutdown(ctx)
 			return nil, fmt.Errorf("OTEL_TRACES_EXPORTER=%s: %w", v, err)

@@ -9,13 +9,21 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/contrib/exporters/autoexport"
 	otelglobal "go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	protov2 "google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Signal names of the verifierlog_exporter_otlp_export* metrics.
@@ -176,4 +184,42 @@ func (l *sdkErrorLog) Handle(err error) {
 // of the SDK), at most one warning per SDKErrorLogInterval.
 func LogSDKErrors(logger *slog.Logger) {
 	otelglobal.SetErrorHandler(&sdkErrorLog{logger: logger, every: SDKErrorLogInterval, now: time.Now})
+}
+
+// newSpanExporter is autoexport's span exporter for OTEL_TRACES_EXPORTER=name,
+// except that OTLP over gRPC marshals each batch with exactSizeCodec.
+func newSpanExporter(ctx context.Context, name string) (sdktrace.SpanExporter, error) {
+	if name != "otlp" {
+		return autoexport.NewSpanExporter(ctx)
+	}
+	proto := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+	if proto == "" {
+		proto = os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+	}
+	if proto != "grpc" {
+		return autoexport.NewSpanExporter(ctx)
+	}
+	return otlptracegrpc.New(ctx, otlptracegrpc.WithDialOption(
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(exactSizeCodec{encoding.GetCodecV2("proto")}))))
+}
+
+// exactSizeCodec is gRPC's proto codec, except that it marshals a message
+// into a buffer of the message's size. gRPC's own takes a buffer from its
+// pool's next larger tier, and between 32 KiB and 1 MiB that is 1 MiB: a
+// batch of 512 spans (a few hundred KiB) held a 1 MiB buffer, zeroed for
+// each export, and the pool kept one or more of them alive between
+// collections, a third of the heap under a load storm.
+type exactSizeCodec struct{ encoding.CodecV2 }
+
+// Marshal marshals v into a new buffer of v's size.
+func (c exactSizeCodec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(protoreflect.ProtoMessage)
+	if !ok {
+		return c.CodecV2.Marshal(v)
+	}
+	b, err := protov2.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 }
