@@ -22,8 +22,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultRingBufferBytes holds about 16,000 records.
-const DefaultRingBufferBytes = 4 << 20
+// DefaultRingBufferBytes holds about 8,400 records (240 bytes and the ring
+// buffer's 8-byte header each): 1.4 s of BENCHMARKS.md's load storm with
+// user space stalled, where the reader drains it every 20 ms. Its data
+// pages are mapped twice into the process, so it counts twice in RSS.
+const DefaultRingBufferBytes = 2 << 20
 
 // DefaultAttachGrace outlasts all but pathological verifier runs.
 const DefaultAttachGrace = 30 * time.Second
