@@ -267,11 +267,7 @@ func writeRecommendations(w io.Writer, rep report) error {
 		if l.NeedsKnown == 0 {
 			continue
 		}
-		loads := "loads"
-		if l.NeedsKnown == 1 {
-			loads = "load"
-		}
-		fmt.Fprintf(bw, "%s %s (%d %s):\n", shortCommand(l.Command), l.Loader, l.NeedsKnown, loads)
+		writeDefaultsHeading(bw, l.Command, l.Loader, l.NeedsKnown)
 		for _, d := range l.Defaults {
 			unused := "-" // it held none
 			if d.TruncatedFraction < 1 {
@@ -281,6 +277,16 @@ func writeRecommendations(w io.Writer, rep report) error {
 		}
 	}
 	return bw.Flush()
+}
+
+// writeDefaultsHeading starts a loader's lines of what each default would
+// have done to its known needs.
+func writeDefaultsHeading(w io.Writer, command, loader string, known uint64) {
+	loads := "loads"
+	if known == 1 {
+		loads = "load"
+	}
+	fmt.Fprintf(w, "%s %s (%d %s):\n", shortCommand(command), loader, known, loads)
 }
 
 // shortCommand is PROG or BTF, as in `exporter trace`.

@@ -159,11 +159,7 @@ func writeFleetReport(w io.Writer, rep fleet.Report) error {
 		if l.NeedsKnown == 0 {
 			continue
 		}
-		loads := "loads"
-		if l.NeedsKnown == 1 {
-			loads = "load"
-		}
-		fmt.Fprintf(bw, "%s %s (%d %s):\n", shortCommand(l.Command), l.Loader, l.NeedsKnown, loads)
+		writeDefaultsHeading(bw, l.Command, l.Loader, l.NeedsKnown)
 		for _, d := range l.Defaults {
 			fmt.Fprintf(bw, "  %-20s %8s  truncates %10s  leaves %17s unused per load held\n", clip(d.Name, 20), humanBytes(uint64(d.Bytes)), truncatedCell(d), wasteCell(d))
 		}
