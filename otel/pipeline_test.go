@@ -343,6 +343,12 @@ func BenchmarkPipelineHandle(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	benchmarkHandle(b, p)
+}
+
+// benchmarkHandle hands p, in turn, a cilium/ebpf-style chain of an ENOSPC
+// and a retry, and a load with the log off.
+func benchmarkHandle(b *testing.B, p *Pipeline) {
 	evs := []tracer.LoadEvent{
 		withTrueSize(event("cilium-agent", 10, "a", 0, 2*ms, 65536, enospc), 70000),
 		withTrueSize(event("cilium-agent", 10, "a", 3*ms, 5*ms, 70000, 7), 70000),

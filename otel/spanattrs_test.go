@@ -123,16 +123,5 @@ func BenchmarkPipelineHandleSpans(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	evs := []tracer.LoadEvent{
-		withTrueSize(event("cilium-agent", 10, "a", 0, 2*ms, 65536, enospc), 70000),
-		withTrueSize(event("cilium-agent", 10, "a", 3*ms, 5*ms, 70000, 7), 70000),
-		event("systemd", 1, "sd_fw_egress", 6*ms, 7*ms, 0, 8),
-	}
-	evs[2].LogLevel = 0
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		p.Handle(&evs[i%len(evs)])
-		i++
-	}
+	benchmarkHandle(b, p)
 }
