@@ -3,6 +3,7 @@ package otel
 import (
 	"bytes"
 	"context"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -312,7 +313,7 @@ func TestExponentialHistogramsForOTLP(t *testing.T) {
 					if loader.AsString() == "BPF_BTF_LOAD" {
 						want = map[int32]uint64{-1: 1}
 					}
-					if !mapsEqual(got, want) {
+					if !maps.Equal(got, want) {
 						t.Errorf("%s buckets %v, want %v (OpenTelemetry indices)", loader.AsString(), got, want)
 					}
 				}
@@ -328,18 +329,6 @@ func TestExponentialHistogramsForOTLP(t *testing.T) {
 			t.Errorf("%s is %q, want exponential", name, kinds[name])
 		}
 	}
-}
-
-func mapsEqual(a, b map[int32]uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestProtobufExpositionRoundTrips encodes the registry as a scraper asking
