@@ -153,22 +153,38 @@ func (p *process) logTail(n int) string {
 	return string(b)
 }
 
-// startWithRetry starts a back-end up to three times: a port chosen by
-// FreePort may be taken by someone else before the back-end binds it.
+// startWithRetry starts a back-end up to three times (startRetrying),
+// stops it at t.Cleanup, and fails t if it cannot be started.
 func startWithRetry(t testing.TB, try func(attempt int) (*process, error)) *process {
 	t.Helper()
+	p, err := startRetrying(try)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtCleanup(t, p)
+	return p
+}
+
+// stopAtCleanup stops p at t.Cleanup, failing t if it had exited or does
+// not exit cleanly, and logs its output if t failed.
+func stopAtCleanup(t testing.TB, p *process) {
+	t.Cleanup(func() {
+		if err := p.stop(); err != nil {
+			t.Errorf("%v; its output (%s):\n%s", err, p.logPath, p.logTail(4000))
+		} else if t.Failed() {
+			t.Logf("%s output (%s):\n%s", p.name, p.logPath, p.logTail(4000))
+		}
+	})
+}
+
+// startRetrying starts a back-end up to three times: a port chosen by
+// FreePort may be taken by someone else before the back-end binds it.
+func startRetrying(try func(attempt int) (*process, error)) (*process, error) {
 	var errs []error
 	for attempt := 1; attempt <= 3; attempt++ {
 		p, err := try(attempt)
 		if err == nil {
-			t.Cleanup(func() {
-				if err := p.stop(); err != nil {
-					t.Errorf("%v; its output (%s):\n%s", err, p.logPath, p.logTail(4000))
-				} else if t.Failed() {
-					t.Logf("%s output (%s):\n%s", p.name, p.logPath, p.logTail(4000))
-				}
-			})
-			return p
+			return p, nil
 		}
 		if p != nil {
 			_ = p.stop()
@@ -176,8 +192,7 @@ func startWithRetry(t testing.TB, try func(attempt int) (*process, error)) *proc
 		}
 		errs = append(errs, fmt.Errorf("attempt %d: %w", attempt, err))
 	}
-	t.Fatal(errors.Join(errs...))
-	return nil
+	return nil, errors.Join(errs...)
 }
 
 // dialable reports whether something accepts TCP connections at addr.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,34 +63,89 @@ func StartPrometheus(t testing.TB, targets ...string) *Prometheus {
 	if err != nil {
 		kerneltest.MissingTool(t, err.Error(), "as root, `bash backends/install.sh` installs it")
 	}
-	dir := t.TempDir()
-	p := &Prometheus{
-		configPath: filepath.Join(dir, "prometheus.yml"),
-		client:     &http.Client{Timeout: 10 * time.Second},
-	}
-	if err := os.WriteFile(p.configPath, PrometheusConfig(targets...), 0o644); err != nil {
+	p, err := LaunchPrometheus(bin, PrometheusOptions{Dir: t.TempDir(), Config: PrometheusConfig(targets...)})
+	if err != nil {
 		t.Fatal(err)
 	}
-	p.proc = startWithRetry(t, func(attempt int) (*process, error) {
+	stopAtCleanup(t, p.proc)
+	return p
+}
+
+// PrometheusOptions configure LaunchPrometheus.
+type PrometheusOptions struct {
+	// Dir receives prometheus.yml, the TSDB (data-N) and the server's
+	// output (prometheus-N.log), N counting the attempts to start it.
+	Dir string
+	// Config is the prometheus.yml, e.g. PrometheusConfig's, or one with
+	// file_sd_configs or rule_files of its own.
+	Config []byte
+	// Flags are added to the command line, e.g.
+	// --enable-feature=native-histograms.
+	Flags []string
+	// LogLevel is --log.level; "" is info.
+	LogLevel string
+}
+
+// LaunchPrometheus starts bin (PrometheusBinary) with o on a free
+// 127.0.0.1 port, trying new ports twice more where the first is taken,
+// and returns once /-/ready answers 200. The caller stops it (Stop); the
+// server dies with the process that started it.
+func LaunchPrometheus(bin string, o PrometheusOptions) (*Prometheus, error) {
+	p := &Prometheus{
+		configPath: filepath.Join(o.Dir, "prometheus.yml"),
+		client:     &http.Client{Timeout: 10 * time.Second},
+	}
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(p.configPath, o.Config, 0o644); err != nil {
+		return nil, err
+	}
+	level := o.LogLevel
+	if level == "" {
+		level = "info"
+	}
+	var err error
+	p.proc, err = startRetrying(func(attempt int) (*process, error) {
 		addr, err := FreeAddr()
 		if err != nil {
 			return nil, err
 		}
 		p.url = "http://" + addr
-		data := filepath.Join(dir, fmt.Sprintf("data-%d", attempt))
-		proc, err := startProcess("prometheus", filepath.Join(dir, fmt.Sprintf("prometheus-%d.log", attempt)), bin,
-			"--config.file="+p.configPath,
-			"--storage.tsdb.path="+data,
-			"--web.listen-address="+addr,
-			"--log.level=info",
-		)
+		data := filepath.Join(o.Dir, fmt.Sprintf("data-%d", attempt))
+		args := append([]string{
+			"--config.file=" + p.configPath,
+			"--storage.tsdb.path=" + data,
+			"--web.listen-address=" + addr,
+			"--log.level=" + level,
+		}, o.Flags...)
+		proc, err := startProcess("prometheus", filepath.Join(o.Dir, fmt.Sprintf("prometheus-%d.log", attempt)), bin, args...)
 		if err != nil {
 			return nil, err
 		}
 		return proc, proc.waitReady(60*time.Second, p.ready)
 	})
-	return p
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
 }
+
+// Stop ends a server that LaunchPrometheus started: SIGTERM, SIGKILL after
+// 15 s. It returns an error if the server had exited before, or did not
+// exit cleanly.
+func (p *Prometheus) Stop() error { return p.proc.stop() }
+
+// Reload makes the server reread its prometheus.yml (SIGHUP), e.g. after
+// the caller rewrote ConfigPath with rule_files.
+func (p *Prometheus) Reload() error { return p.proc.cmd.Process.Signal(syscall.SIGHUP) }
+
+// PID is the server's process id.
+func (p *Prometheus) PID() int { return p.proc.cmd.Process.Pid }
+
+// LogTail is the last n bytes (or so: from a line's start) of the server's
+// output.
+func (p *Prometheus) LogTail(n int) string { return p.proc.logTail(n) }
 
 // PrometheusConfig returns the prometheus.yml that StartPrometheus writes
 // for targets.
