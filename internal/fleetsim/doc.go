@@ -10,5 +10,8 @@
 //
 // It loads no BPF and reads no kernel; its test (TestFleetReportMatchesTruth)
 // runs the plan in real time against a classic and a native-histogram
-// Prometheus and compares fleet.Query's reports with the truth.
+// Prometheus, both loading the repository's rules file after the run (a
+// copy whose only change is group intervals of seconds, so that the 1d and
+// 7d groups evaluate within the test), and compares fleet.Query's reports
+// and the fleet recording rules' series, both arms, with the truth.
 package fleetsim

@@ -5,14 +5,10 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/verifierlog/exporter/internal/backends"
@@ -20,20 +16,19 @@ import (
 
 // Prometheus is a Prometheus server scraping the fleet through file_sd.
 type Prometheus struct {
-	Name    string
-	URL     string
-	Native  bool
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error
+	Name   string
+	URL    string
+	Native bool
+	srv    *backends.Prometheus
+	sdPath string
+	scrape time.Duration
 }
 
 // PrometheusConfig is the prometheus.yml of a server scraping the targets
-// in sdPath every scrape.
-func PrometheusConfig(sdPath string, scrape time.Duration) []byte {
+// in sdPath every scrape, and loading the rules file rules ("": none).
+func PrometheusConfig(sdPath string, scrape time.Duration, rules string) []byte {
 	s := promDuration(scrape)
-	return fmt.Appendf(nil, `global:
+	b := fmt.Appendf(nil, `global:
   scrape_interval: %s
   scrape_timeout: %s
 scrape_configs:
@@ -42,97 +37,45 @@ scrape_configs:
       - files: [%q]
         refresh_interval: 5s
 `, s, s, Job, sdPath)
+	if rules != "" {
+		b = fmt.Appendf(b, "rule_files: [%q]\n", rules)
+	}
+	return b
 }
 
 // promDuration formats d as a Prometheus duration (whole milliseconds).
 func promDuration(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) + "ms" }
 
 // StartPrometheus starts bin (Debian's prometheus) in dir on a free port,
-// with --enable-feature=native-histograms where native, and waits until it
-// is ready.
-func StartPrometheus(bin, name, dir, sdPath string, scrape time.Duration, native bool) (*Prometheus, error) {
-	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(cfg, PrometheusConfig(sdPath, scrape), 0o644); err != nil {
-		return nil, err
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	addr := l.Addr().String()
-	l.Close()
-	args := []string{"--config.file=" + cfg, "--storage.tsdb.path=" + filepath.Join(dir, "data"),
-		"--web.listen-address=" + addr, "--log.level=warn"}
+// with --enable-feature=native-histograms where native and the rules file
+// rules ("": none), and waits until it is ready.
+func StartPrometheus(bin, name, dir, sdPath string, scrape time.Duration, native bool, rules string) (*Prometheus, error) {
+	var flags []string
 	if native {
-		args = append(args, "--enable-feature=native-histograms")
+		flags = append(flags, "--enable-feature=native-histograms")
 	}
-	p := &Prometheus{Name: name, URL: "http://" + addr, Native: native, logPath: filepath.Join(dir, "prometheus.log"), done: make(chan struct{})}
-	logf, err := os.Create(p.logPath)
+	srv, err := backends.LaunchPrometheus(bin, backends.PrometheusOptions{
+		Dir: dir, Config: PrometheusConfig(sdPath, scrape, rules), Flags: flags, LogLevel: "warn"})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Dir = dir
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		logf.Close()
-		return nil, err
+	return &Prometheus{Name: name, URL: srv.URL(), Native: native, srv: srv, sdPath: sdPath, scrape: scrape}, nil
+}
+
+// LoadRules makes the server load the rules file rules from now on: its
+// configuration rewritten with rule_files, then reloaded.
+func (p *Prometheus) LoadRules(rules string) error {
+	if err := os.WriteFile(p.srv.ConfigPath(), PrometheusConfig(p.sdPath, p.scrape, rules), 0o644); err != nil {
+		return err
 	}
-	go func() {
-		p.err = p.cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	client := &http.Client{Timeout: 5 * time.Second}
-	err = backends.WaitReady(60*time.Second, p.done, func() error {
-		resp, err := client.Get(p.URL + "/-/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/-/ready: %s", resp.Status)
-		}
-		return nil
-	})
-	if err != nil {
-		p.Stop()
-		return nil, fmt.Errorf("%s: %w; log:\n%s", name, err, p.LogTail(2000))
-	}
-	return p, nil
+	return p.srv.Reload()
 }
 
 // Stop ends the server (SIGTERM, SIGKILL after 15 s).
-func (p *Prometheus) Stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+func (p *Prometheus) Stop() { _ = p.srv.Stop() }
 
 // LogTail is the last n bytes of the server's log.
-func (p *Prometheus) LogTail(n int) string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
-}
+func (p *Prometheus) LogTail(n int) string { return p.srv.LogTail(n) }
 
 // Stats are a server's own figures.
 type Stats struct {
@@ -141,6 +84,8 @@ type Stats struct {
 	VmHWMBytes  uint64  // /proc/PID/status VmHWM: peak RSS
 	CPUSeconds  float64 // user + system CPU time (/proc/PID/stat)
 	ScrapesDone float64 // prometheus_target_interval_length_seconds_count, all intervals
+	RuleSeconds float64 // prometheus_rule_group_duration_seconds_sum: time in rule groups
+	RuleEvals   float64 // prometheus_rule_group_duration_seconds_count
 }
 
 // Stats reads the server's /metrics and /proc.
@@ -172,9 +117,13 @@ func (p *Prometheus) Stats() (Stats, error) {
 			s.RSSBytes = v
 		case strings.HasPrefix(name, "prometheus_target_interval_length_seconds_count"):
 			s.ScrapesDone += v
+		case name == "prometheus_rule_group_duration_seconds_sum":
+			s.RuleSeconds = v
+		case name == "prometheus_rule_group_duration_seconds_count":
+			s.RuleEvals = v
 		}
 	}
-	pid := p.cmd.Process.Pid
+	pid := p.srv.PID()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return s, err
