@@ -42,11 +42,12 @@ type templateVar struct {
 }
 
 type panel struct {
-	ID         int            `json:"id"`
-	Type       string         `json:"type"`
-	Title      string         `json:"title"`
-	Datasource *datasourceRef `json:"datasource"`
-	GridPos    struct {
+	ID          int            `json:"id"`
+	Type        string         `json:"type"`
+	Title       string         `json:"title"`
+	Description string         `json:"description"`
+	Datasource  *datasourceRef `json:"datasource"`
+	GridPos     struct {
 		H, W, X, Y int
 	} `json:"gridPos"`
 	Targets     []panelTarget `json:"targets"`
@@ -272,6 +273,7 @@ func TestDashboard(t *testing.T) {
 	}
 	for _, want := range []string{
 		"sum by (result) (rate(bpf_prog_loads_total",
+		`sum by (loader) (rate(bpf_prog_loads_total{job=~"$job", instance=~"$instance", loader=~"$loader", result="EACCES"}`,
 		"bpf_verifier_log_undersized_total",
 		"bpf_verifier_log_recommended_buffer_bytes",
 		"bpf_prog_load_attempts_bucket",
@@ -287,6 +289,22 @@ func TestDashboard(t *testing.T) {
 	for _, h := range []string{"bpf_verifier_log_required_bytes_bucket", "bpf_verifier_log_buffer_bytes_bucket"} {
 		if !slices.ContainsFunc(heatmaps, func(e string) bool { return strings.Contains(e, h) }) {
 			t.Errorf("no heatmap of %s", h)
+		}
+	}
+	// The verifier's rejections per loader, and where their verdicts are:
+	// the log tail in the traces, which is off unless --log-tail-bytes.
+	rejected := slices.IndexFunc(d.allPanels(), func(p panel) bool { return p.Title == "Loads the verifier rejected, by loader" })
+	if rejected < 0 {
+		t.Error(`no panel "Loads the verifier rejected, by loader"`)
+	} else {
+		p := d.allPanels()[rejected]
+		if len(p.Targets) != 1 || !strings.Contains(p.Targets[0].Expr, `result="EACCES"`) || !strings.HasPrefix(p.Targets[0].Expr, "sum by (loader) (") {
+			t.Errorf("panel %q: want one target, the EACCES loads summed by loader, have %+v", p.Title, p.Targets)
+		}
+		for _, want := range []string{"--log-tail-bytes", "bpf.verifier.log", "attempt span"} {
+			if !strings.Contains(p.Description, want) {
+				t.Errorf("panel %q: description does not say %q: %s", p.Title, want, p.Description)
+			}
 		}
 	}
 	// The well-known loader defaults, as constant series or thresholds.

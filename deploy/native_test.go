@@ -32,6 +32,7 @@ type nativeLoad struct {
 	loader string
 	bufs   []uint32
 	need   uint32
+	errno  unix.Errno // of the last attempt; 0: it succeeds
 }
 
 // nativeLoads is what the test feeds, twice. cilium-agent: two loads of
@@ -41,13 +42,15 @@ type nativeLoad struct {
 // retried, and the median need is the bound 4096. bpftrace: one load of
 // one attempt needing 700000 B, the median interpolated in its bucket
 // (524288, 1048576]: 786432. oldlib: one load whose need stays unknown.
+// rejected-x: one load the verifier rejects (EACCES) with a 1500 B log.
 var nativeLoads = []nativeLoad{
-	{"cilium-agent", []uint32{65536}, 3000},
-	{"cilium-agent", []uint32{65536}, 3000},
-	{"cilium-agent", []uint32{65536, 131072}, 100000},
-	{"cilium-agent", []uint32{65536, 131072}, 100000},
-	{"bpftrace", []uint32{1000000}, 700000},
-	{"oldlib", []uint32{4096}, 0},
+	{"cilium-agent", []uint32{65536}, 3000, 0},
+	{"cilium-agent", []uint32{65536}, 3000, 0},
+	{"cilium-agent", []uint32{65536, 131072}, 100000, 0},
+	{"cilium-agent", []uint32{65536, 131072}, 100000, 0},
+	{"bpftrace", []uint32{1000000}, 700000, 0},
+	{"oldlib", []uint32{4096}, 0, 0},
+	{"rejected-x", []uint32{4096}, 1500, unix.EACCES},
 }
 
 // nativeSource stands in for the tracer behind the self metrics; its
@@ -159,6 +162,8 @@ func TestDashboardAndRulesOnNativeAndClassicPrometheus(t *testing.T) {
 				copy(ev.ProgName[:], fmt.Sprintf("p%d", i))
 				if !last {
 					ev.Ret = -int64(unix.ENOSPC)
+				} else if l.errno != 0 {
+					ev.Ret = -int64(l.errno)
 				}
 				if l.need > 0 {
 					ev.LogTrueSize, ev.LogTrueSizeKnown = l.need, true
@@ -301,6 +306,14 @@ func TestDashboardAndRulesOnNativeAndClassicPrometheus(t *testing.T) {
 			}
 			if !ok || !near(got, w.value) {
 				t.Errorf("%s Prometheus: %s for %s = %v (found %v), want %v", s.name, w.where, w.loader, got, ok, w.value)
+			}
+		}
+		// The verifier's rejections, in the panel and the alert: rejected-x's
+		// EACCES loads, and no other loader's.
+		for _, where := range []string{`panel 29 "Loads the verifier rejected, by loader" target A`, "rule VerifierRejections"} {
+			got := byLoader(s.name, where)
+			if v, ok := got["rejected-x"]; !ok || v <= 0 || len(got) != 1 {
+				t.Errorf("%s Prometheus: %s = %v, want rejected-x alone, above 0", s.name, where, got)
 			}
 		}
 		// Chains retried, as a share of the chains: 2 of 4 for

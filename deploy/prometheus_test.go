@@ -94,7 +94,7 @@ func TestPrometheusRules(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"VerifierLogTruncations", "VerifierlogExporterLostEvents", "VerifierlogExporterDown"} {
+	for _, want := range []string{"VerifierLogTruncations", "VerifierRejections", "VerifierlogExporterLostEvents", "VerifierlogExporterDown"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s", want)
 		}
