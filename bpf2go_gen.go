@@ -7,7 +7,7 @@
 // Regenerate after changing bpf/: go generate . (needs clang and llvm-strip).
 package exporter
 
-//go:generate go tool bpf2go -go-package tracer -output-dir tracer -output-stem verifierlog -tags linux -target amd64,arm64 -type load_event -type lost_reason -type prog_load_attr -type btf_load_attr verifierlog bpf/verifierlog.c -- -I bpf/headers -Wall -Werror
+//go:generate go tool bpf2go -go-package tracer -output-dir tracer -output-stem verifierlog -tags linux -target amd64,arm64 -type load_event -type load_event_tail -type lost_reason -type prog_load_attr -type btf_load_attr verifierlog bpf/verifierlog.c -- -I bpf/headers -Wall -Werror
 
 //go:generate go tool bpf2go -go-package tracer -output-dir tracer -output-stem verifierlog_compat -tags linux -target amd64,arm64 verifierlogCompat bpf/verifierlog.c -- -I bpf/headers -Wall -Werror -DVERIFIERLOG_COMPAT
 

@@ -42,8 +42,13 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define BTF_LOAD_ATTR_NEED sizeof(struct btf_load_attr)
 #define ATTR_COPY_MAX PROG_LOAD_ATTR_NEED
 
+#define EINVAL 22
 #define EACCES 13
 #define EEXIST 17
+#define ENOSPC 28
+
+/* log_level bit: the kernel keeps the log's head, not its tail (6.4+). */
+#define LOG_LEVEL_FIXED 8
 
 /*
  * Records are submitted without waking user space until this many bytes
@@ -72,6 +77,23 @@ const volatile __u32 btf_load_arg_slots = 0;
  * (LOG_SCAN_MAX unless Go sets less; tests do).
  */
 const volatile __u32 log_scan_max = 0;
+
+/*
+ * The log tail (opt-in): with log_tail_bytes > 0 (at most LOG_TAIL_MAX) the
+ * exit hook reserves a struct load_event_tail and copies up to this many
+ * bytes of the end of the log the kernel left in the caller's buffer, its
+ * NUL excluded. 0 reserves a struct load_event as before: the branch on
+ * this constant is pruned by the verifier. Set by Go before load.
+ *
+ * log_rotating is set by Go where the kernel writes log_true_size back and
+ * keeps a rotating log's tail (one change, Linux 6.4): only then does the
+ * buffer of an ENOSPC hold the log's end, and does the true size of an
+ * EINVAL say where the log ends. Before 6.4 the buffer of an ENOSPC holds
+ * the log's head, and an EINVAL gets no tail.
+ */
+#define LOG_TAIL_MAX 4096
+const volatile __u32 log_tail_bytes = 0;
+const volatile __u32 log_rotating = 0;
 
 /*
  * Loads between their enter and exit hooks, all hooks together: busy
@@ -142,6 +164,14 @@ struct load_event {
 	__u32 true_size_after; /* log_true_size read back after the call */
 	__u32 log_used;        /* with FLAG_LOG_MEASURED: strlen of the log in the caller's buffer */
 	char comm[16];
+};
+
+/* A load_event with the end of its log (log_tail_bytes > 0). Go: tracer/decode.go. */
+struct load_event_tail {
+	struct load_event e;
+	__u32 tail_len; /* bytes of tail[] that hold the log's last bytes */
+	__u32 pad;
+	char tail[LOG_TAIL_MAX];
 };
 
 /* Reasons a load attempt went unrecorded. Go: tracer/lost.go reads them. */
@@ -217,6 +247,7 @@ struct {
 
 /* Never read: they put the record types into BTF for bpf2go's -type. */
 const struct load_event *unused_load_event __attribute__((unused));
+const struct load_event_tail *unused_load_event_tail __attribute__((unused));
 const enum lost_reason *unused_lost_reason __attribute__((unused));
 const struct prog_load_attr *unused_prog_load_attr __attribute__((unused));
 const struct btf_load_attr *unused_btf_load_attr __attribute__((unused));
@@ -516,32 +547,48 @@ static __always_inline void scan_log(struct scan_ctx *c)
 }
 #endif
 
-/* measure_log scans the caller's log buffer of a load whose log fit. */
-static __always_inline void measure_log(struct load_event *e)
-{
-	struct scan_ctx c = {};
-	__u32 level, size, cap = log_scan_max;
+/* The log request of the caller's attr. */
+struct log_args {
 	__u64 buf;
+	__u32 level;
+	__u32 size;
+};
 
+/* log_args reads the log request from the attr copy; 0 if it asks for no log in a buffer. */
+static __always_inline int log_args(const struct load_event *e, struct log_args *l)
+{
 	if (e->in.cmd == BPF_PROG_LOAD) {
 		const struct prog_load_attr *a = (const void *)e->in.attr;
 
 		if (e->in.attr_copied < offsetofend(struct prog_load_attr, log_buf))
-			return;
-		level = a->log_level;
-		size = a->log_size;
-		buf = a->log_buf;
+			return 0;
+		l->level = a->log_level;
+		l->size = a->log_size;
+		l->buf = a->log_buf;
 	} else {
 		const struct btf_load_attr *a = (const void *)e->in.attr;
 
 		if (e->in.attr_copied < offsetofend(struct btf_load_attr, btf_log_level))
-			return;
-		buf = a->btf_log_buf;
-		size = a->btf_log_size;
-		level = a->btf_log_level;
+			return 0;
+		l->buf = a->btf_log_buf;
+		l->size = a->btf_log_size;
+		l->level = a->btf_log_level;
 	}
-	if (!level || !size || !buf)
+	return l->level && l->size && l->buf;
+}
+
+/* measure_log scans the caller's log buffer of a load whose log fit. */
+static __always_inline void measure_log(struct load_event *e)
+{
+	struct scan_ctx c = {};
+	struct log_args l;
+	__u32 size, cap = log_scan_max;
+	__u64 buf;
+
+	if (!log_args(e, &l))
 		return;
+	buf = l.buf;
+	size = l.size;
 	if (!cap || cap > LOG_SCAN_MAX)
 		cap = LOG_SCAN_MAX;
 	c.buf = buf;
@@ -555,6 +602,54 @@ static __always_inline void measure_log(struct load_event *e)
 	e->in.flags |= c.flags;
 }
 
+/*
+ * copy_log_tail copies the end of the log the kernel left in the caller's
+ * buffer into t->tail: up to log_tail_bytes bytes before the log's NUL.
+ * Where the NUL is:
+ *   success, the verifier's EACCES  measured by measure_log (log_used);
+ *   ENOSPC, rotating log (6.4+)      log_size - 1: the buffer holds the
+ *                                    last log_size - 1 bytes of the log;
+ *   EINVAL with a true size (6.4+)   log_true_size - 1: the log fit.
+ * The last two are checked to be a NUL before anything is copied. Nothing
+ * else has the kernel's log's end in the buffer: an ENOSPC in fixed mode,
+ * or before 6.4, holds its head; an early error, what the caller put there.
+ */
+static __always_inline void copy_log_tail(struct load_event_tail *t, __s64 ret)
+{
+	struct load_event *e = &t->e;
+	struct log_args l;
+	__u64 end, n;
+	char nul;
+
+	t->tail_len = 0;
+	t->pad = 0;
+	if ((e->in.flags & FLAG_KERNEL_CALLER) || !log_args(e, &l))
+		return;
+	if (e->in.flags & FLAG_LOG_MEASURED) {
+		end = e->log_used;
+	} else {
+		if (ret == -ENOSPC && log_rotating && !(l.level & LOG_LEVEL_FIXED))
+			end = l.size - 1;
+		else if (ret == -EINVAL && log_rotating && (e->in.flags & FLAG_TRUE_SIZE_READ) &&
+			 e->true_size_after > 0 && e->true_size_after <= l.size)
+			end = e->true_size_after - 1;
+		else
+			return;
+		if (bpf_probe_read_user(&nul, 1, (const void *)(l.buf + end)) || nul)
+			return;
+	}
+	n = log_tail_bytes;
+	if (n > end)
+		n = end;
+	/* Re-bound n where the verifier can see it: at most LOG_TAIL_MAX. */
+	barrier_var(n);
+	n &= LOG_TAIL_MAX * 2 - 1;
+	if (n > LOG_TAIL_MAX)
+		n = LOG_TAIL_MAX;
+	if (bpf_probe_read_user(t->tail, n, (const void *)(l.buf + end - n)) == 0)
+		t->tail_len = n;
+}
+
 /* ---- exit ------------------------------------------------------------------- */
 
 /* record_exit completes the load in slot, the thread's busy slot, and submits it. */
@@ -565,7 +660,10 @@ static __always_inline int record_exit(struct inflight_slot *slot, __s64 ret)
 	__u32 off;
 
 	__sync_fetch_and_add(&loads_in_flight, -1);
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (log_tail_bytes)
+		e = bpf_ringbuf_reserve(&events, sizeof(struct load_event_tail), 0);
+	else
+		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (e)
 		__builtin_memcpy(&e->in, &slot->in, sizeof(e->in));
 	slot_release(slot);
@@ -603,6 +701,8 @@ static __always_inline int record_exit(struct inflight_slot *slot, __s64 ret)
 	if ((ret >= 0 || (e->in.cmd == BPF_PROG_LOAD && ret == -EACCES)) &&
 	    !(e->in.flags & FLAG_KERNEL_CALLER))
 		measure_log(e);
+	if (log_tail_bytes)
+		copy_log_tail((struct load_event_tail *)e, ret);
 
 	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
 				       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);

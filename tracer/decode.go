@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"unsafe"
@@ -18,8 +19,14 @@ const (
 	flagLogScanFault   = 1 << 5
 )
 
-// recordSize is the size of one ring-buffer record.
-const recordSize = int(unsafe.Sizeof(verifierlogLoadEvent{}))
+// recordSize is the size of one ring-buffer record; tailRecordSize, with
+// Options.LogTailBytes, of one that carries the log's end.
+const (
+	recordSize     = int(unsafe.Sizeof(verifierlogLoadEvent{}))
+	tailRecordSize = int(unsafe.Sizeof(verifierlogLoadEventTail{}))
+	tailLenOffset  = int(unsafe.Offsetof(verifierlogLoadEventTail{}.TailLen))
+	tailOffset     = int(unsafe.Offsetof(verifierlogLoadEventTail{}.Tail))
+)
 
 var errShortRecord = errors.New("short record")
 
@@ -29,10 +36,15 @@ type decoder struct {
 	// probed once at start.
 	trueSizeSupported bool
 	mode              AttachMode
+	// tail holds the last record's log tail: LoadEvent.LogTail.
+	tail [MaxLogTailBytes]byte
+	// lastSize is the size of the last record decoded (tests).
+	lastSize int
 }
 
 // decode fills ev from one raw record. It allocates nothing.
 func (d *decoder) decode(raw []byte, ev *LoadEvent) error {
+	d.lastSize = len(raw)
 	if len(raw) < recordSize {
 		return fmt.Errorf("%w: %d bytes, want %d", errShortRecord, len(raw), recordSize)
 	}
@@ -103,7 +115,21 @@ func (d *decoder) decode(raw []byte, ev *LoadEvent) error {
 		ev.LogTrueSize = r.TrueSizeAfter
 		ev.LogTrueSizeKnown = true
 	}
+	ev.LogTail = d.decodeTail(raw)
 	return nil
+}
+
+// decodeTail returns the log tail of a record that has one (its length
+// tells: a struct load_event_tail), as a slice of d.tail; nil otherwise.
+func (d *decoder) decodeTail(raw []byte) []byte {
+	if len(raw) < tailRecordSize {
+		return nil
+	}
+	n := int(binary.NativeEndian.Uint32(raw[tailLenOffset:]))
+	if n == 0 || n > len(d.tail) {
+		return nil
+	}
+	return d.tail[:copy(d.tail[:], raw[tailOffset:tailOffset+n])]
 }
 
 // trueSizeKnown decides whether the kernel wrote log_true_size for this

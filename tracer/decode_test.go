@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -72,7 +73,7 @@ func TestDecodeCopiesEveryProgLoadField(t *testing.T) {
 	}
 	copy(want.Comm[:], "loader")
 	copy(want.ProgName[:], "my_prog")
-	if ev != want {
+	if !reflect.DeepEqual(ev, want) {
 		t.Fatalf("decoded\n %+v\nwant\n %+v", ev, want)
 	}
 	if ev.Duration() != 250*time.Microsecond || !ev.Truncated() || ev.ErrnoName() != "ENOSPC" {
@@ -339,6 +340,48 @@ func TestLogScanFaultIsDecodedOnlyWhereTheLogFit(t *testing.T) {
 		}
 		if need, src := ev.Need(); need != 0 || src != NeedUnknown {
 			t.Errorf("ret %d: need %d from %q after a faulted scan", ret, need, src)
+		}
+	}
+}
+
+// tailRecord is the record p describes followed, as with
+// Options.LogTailBytes, by a tail of n bytes in a tail[] that holds fill.
+func tailRecord(p rawProgLoad, n uint32, fill string) []byte {
+	raw := make([]byte, tailRecordSize)
+	copy(raw, p.bytes())
+	binary.NativeEndian.PutUint32(raw[tailLenOffset:], n)
+	copy(raw[tailOffset:], fill)
+	return raw
+}
+
+func TestDecodeLogTail(t *testing.T) {
+	p := rawProgLoad{attrSize: 144, logLevel: 1, logSize: 4096, logBuf: 0x1000, ret: -int64(unix.EACCES)}
+	d := decoder{}
+	var ev LoadEvent
+	if err := d.decode(tailRecord(p, 9, "R0 !read_ok and more"), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if string(ev.LogTail) != "R0 !read_" {
+		t.Errorf("tail %q, want the record's 9 bytes %q", ev.LogTail, "R0 !read_")
+	}
+	// The next record reuses the buffer: a tail is valid until then.
+	if err := d.decode(tailRecord(p, 3, "abc"), &ev); err != nil || string(ev.LogTail) != "abc" {
+		t.Errorf("second tail %q (%v), want %q", ev.LogTail, err, "abc")
+	}
+	for _, c := range []struct {
+		name string
+		raw  []byte
+	}{
+		{"record without a tail", p.bytes()},
+		{"tail record, no tail", tailRecord(p, 0, "")},
+		{"tail length past the record", tailRecord(p, MaxLogTailBytes+1, "x")},
+	} {
+		ev.LogTail = []byte("stale")
+		if err := d.decode(c.raw, &ev); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if ev.LogTail != nil {
+			t.Errorf("%s: tail %q, want nil", c.name, ev.LogTail)
 		}
 	}
 }

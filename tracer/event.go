@@ -144,6 +144,14 @@ type LoadEvent struct {
 
 	Ret        int64 // fd or -errno
 	AttachMode AttachMode
+
+	// LogTail is the end of the log the kernel left in the caller's
+	// buffer, its NUL excluded: at most Options.LogTailBytes bytes, raw
+	// (the loader's text and the verifier's; SanitizeLogTail makes it
+	// safe to print). nil when the tail is off or the buffer held no log
+	// of the kernel's. It is the tracer's buffer, reused for the next
+	// record: copy it to keep it.
+	LogTail []byte
 }
 
 // Errno is the load's error, 0 on success.

@@ -20,3 +20,13 @@ func (t *Tracer) CountsLoadsBegunBeforeAttach() (bool, error) {
 	err := t.hooks.AttachGrace.Get(&v)
 	return v != 0, err
 }
+
+// The sizes of a record without and with the log tail.
+const (
+	RecordSize     = recordSize
+	TailRecordSize = tailRecordSize
+)
+
+// LastRecordSize is the size of the last record decoded. Only Run's
+// goroutine may call it: from the handler, about the record just handed.
+func (t *Tracer) LastRecordSize() int { return t.dec.lastSize }

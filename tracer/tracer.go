@@ -57,7 +57,19 @@ type Options struct {
 	// scans for the log's end; 0 (and anything above it) means
 	// MaxLogScanBytes. Tests lower it to reach the cap with small logs.
 	LogScanMax int
+	// LogTailBytes, if not 0, makes every record of a load whose log the
+	// kernel left in the caller's buffer carry the last LogTailBytes bytes
+	// of that log (LoadEvent.LogTail): a success with a log, the verifier's
+	// EACCES, and on Linux 6.4+ an EINVAL the verifier logged and the
+	// ENOSPC of a rotating log. Every record then takes MaxLogTailBytes
+	// more in the ring buffer, whatever LogTailBytes is. At most
+	// MaxLogTailBytes; 0, the default, leaves the records as they are.
+	LogTailBytes uint32
 }
+
+// MaxLogTailBytes is the most of a log's end a record carries
+// (bpf/verifierlog.c, LOG_TAIL_MAX).
+const MaxLogTailBytes = 4096
 
 // MaxLogScanBytes is the most of a caller's log buffer that is scanned to
 // measure a log (bpf/verifierlog.c, LOG_SCAN_MAX): libbpf's and aya's
@@ -105,6 +117,9 @@ func New(opts Options) (*Tracer, error) {
 	if _, err := ParseVariant(string(want)); err != nil {
 		return nil, err
 	}
+	if opts.LogTailBytes > MaxLogTailBytes {
+		return nil, fmt.Errorf("log tail of %d bytes: at most %d", opts.LogTailBytes, MaxLogTailBytes)
+	}
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raising it
 	// needs CAP_SYS_RESOURCE. Where it cannot be raised, the maps may still
 	// fit, and if they do not, their creation says so. The error alone does
@@ -125,7 +140,7 @@ func New(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := configure(spec, opts); err != nil {
+	if err := configure(spec, opts, t.dec.trueSizeSupported); err != nil {
 		return nil, err
 	}
 	if err := spec.LoadAndAssign(&t.maps, nil); err != nil {
@@ -300,8 +315,9 @@ func (m *tracerMaps) Close() error {
 
 // configure sets what the programs read as constants: the ring buffer's
 // size and wake-up threshold, the hooked functions' argument slots in this
-// kernel, and the log scan's cap.
-func configure(spec *ebpf.CollectionSpec, opts Options) error {
+// kernel, the log scan's cap, and the log tail's size; rotating: the kernel
+// writes log_true_size back and keeps a rotating log's tail (6.4+).
+func configure(spec *ebpf.CollectionSpec, opts Options, rotating bool) error {
 	ringSize := ringBufferSize(opts.RingBufferBytes)
 	spec.Maps["events"].MaxEntries = ringSize
 	scanMax := opts.LogScanMax
@@ -321,12 +337,21 @@ func configure(spec *ebpf.CollectionSpec, opts Options) error {
 		"log_scan_max":        uint32(scanMax),
 		"prog_load_arg_slots": progSlots,
 		"btf_load_arg_slots":  btfSlots,
+		"log_tail_bytes":      min(opts.LogTailBytes, MaxLogTailBytes),
+		"log_rotating":        boolUint32(rotating),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+func boolUint32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // ringBufferSize rounds n up to a power of two of at least one page.

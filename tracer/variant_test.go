@@ -149,6 +149,13 @@ func TestBothVariantsWriteTheSameRecord(t *testing.T) {
 		if size != recordSize {
 			t.Errorf("%s programs write %d-byte records, the decoder reads %d", v, size, recordSize)
 		}
+		typ, err = spec.Types.AnyTypeByName("load_event_tail")
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		if size, err = btf.Sizeof(typ); err != nil || size != tailRecordSize {
+			t.Errorf("%s programs write %d-byte records with a log tail (%v), the decoder reads %d", v, size, err, tailRecordSize)
+		}
 	}
 }
 

@@ -51,11 +51,14 @@ const (
 	verifierlogCompatVarCountLoadsBegunBeforeAttach = "count_loads_begun_before_attach"
 	verifierlogCompatVarDetaching                   = "detaching"
 	verifierlogCompatVarLoadsInFlight               = "loads_in_flight"
+	verifierlogCompatVarLogRotating                 = "log_rotating"
 	verifierlogCompatVarLogScanMax                  = "log_scan_max"
+	verifierlogCompatVarLogTailBytes                = "log_tail_bytes"
 	verifierlogCompatVarProgLoadArgSlots            = "prog_load_arg_slots"
 	verifierlogCompatVarSyscallRegsOffset           = "syscall_regs_offset"
 	verifierlogCompatVarUnusedBtfLoadAttr           = "unused_btf_load_attr"
 	verifierlogCompatVarUnusedLoadEvent             = "unused_load_event"
+	verifierlogCompatVarUnusedLoadEventTail         = "unused_load_event_tail"
 	verifierlogCompatVarUnusedLostReason            = "unused_lost_reason"
 	verifierlogCompatVarUnusedProgLoadAttr          = "unused_prog_load_attr"
 	verifierlogCompatVarWakeupBytes                 = "wakeup_bytes"
@@ -133,11 +136,14 @@ type verifierlogCompatVariableSpecs struct {
 	CountLoadsBegunBeforeAttach *ebpf.VariableSpec `ebpf:"count_loads_begun_before_attach"`
 	Detaching                   *ebpf.VariableSpec `ebpf:"detaching"`
 	LoadsInFlight               *ebpf.VariableSpec `ebpf:"loads_in_flight"`
+	LogRotating                 *ebpf.VariableSpec `ebpf:"log_rotating"`
 	LogScanMax                  *ebpf.VariableSpec `ebpf:"log_scan_max"`
+	LogTailBytes                *ebpf.VariableSpec `ebpf:"log_tail_bytes"`
 	ProgLoadArgSlots            *ebpf.VariableSpec `ebpf:"prog_load_arg_slots"`
 	SyscallRegsOffset           *ebpf.VariableSpec `ebpf:"syscall_regs_offset"`
 	UnusedBtfLoadAttr           *ebpf.VariableSpec `ebpf:"unused_btf_load_attr"`
 	UnusedLoadEvent             *ebpf.VariableSpec `ebpf:"unused_load_event"`
+	UnusedLoadEventTail         *ebpf.VariableSpec `ebpf:"unused_load_event_tail"`
 	UnusedLostReason            *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
 	UnusedProgLoadAttr          *ebpf.VariableSpec `ebpf:"unused_prog_load_attr"`
 	WakeupBytes                 *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -186,11 +192,14 @@ type verifierlogCompatVariables struct {
 	CountLoadsBegunBeforeAttach *ebpf.Variable `ebpf:"count_loads_begun_before_attach"`
 	Detaching                   *ebpf.Variable `ebpf:"detaching"`
 	LoadsInFlight               *ebpf.Variable `ebpf:"loads_in_flight"`
+	LogRotating                 *ebpf.Variable `ebpf:"log_rotating"`
 	LogScanMax                  *ebpf.Variable `ebpf:"log_scan_max"`
+	LogTailBytes                *ebpf.Variable `ebpf:"log_tail_bytes"`
 	ProgLoadArgSlots            *ebpf.Variable `ebpf:"prog_load_arg_slots"`
 	SyscallRegsOffset           *ebpf.Variable `ebpf:"syscall_regs_offset"`
 	UnusedBtfLoadAttr           *ebpf.Variable `ebpf:"unused_btf_load_attr"`
 	UnusedLoadEvent             *ebpf.Variable `ebpf:"unused_load_event"`
+	UnusedLoadEventTail         *ebpf.Variable `ebpf:"unused_load_event_tail"`
 	UnusedLostReason            *ebpf.Variable `ebpf:"unused_lost_reason"`
 	UnusedProgLoadAttr          *ebpf.Variable `ebpf:"unused_prog_load_attr"`
 	WakeupBytes                 *ebpf.Variable `ebpf:"wakeup_bytes"`

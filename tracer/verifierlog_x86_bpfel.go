@@ -63,6 +63,14 @@ type verifierlogLoadEvent struct {
 	Comm          [16]int8
 }
 
+type verifierlogLoadEventTail struct {
+	_       structs.HostLayout
+	E       verifierlogLoadEvent
+	TailLen uint32
+	Pad     uint32
+	Tail    [4096]int8
+}
+
 type verifierlogLostReason uint32
 
 const (
@@ -125,10 +133,13 @@ const (
 	verifierlogVarCountLoadsBegunBeforeAttach = "count_loads_begun_before_attach"
 	verifierlogVarDetaching                   = "detaching"
 	verifierlogVarLoadsInFlight               = "loads_in_flight"
+	verifierlogVarLogRotating                 = "log_rotating"
 	verifierlogVarLogScanMax                  = "log_scan_max"
+	verifierlogVarLogTailBytes                = "log_tail_bytes"
 	verifierlogVarProgLoadArgSlots            = "prog_load_arg_slots"
 	verifierlogVarUnusedBtfLoadAttr           = "unused_btf_load_attr"
 	verifierlogVarUnusedLoadEvent             = "unused_load_event"
+	verifierlogVarUnusedLoadEventTail         = "unused_load_event_tail"
 	verifierlogVarUnusedLostReason            = "unused_lost_reason"
 	verifierlogVarUnusedProgLoadAttr          = "unused_prog_load_attr"
 	verifierlogVarWakeupBytes                 = "wakeup_bytes"
@@ -206,10 +217,13 @@ type verifierlogVariableSpecs struct {
 	CountLoadsBegunBeforeAttach *ebpf.VariableSpec `ebpf:"count_loads_begun_before_attach"`
 	Detaching                   *ebpf.VariableSpec `ebpf:"detaching"`
 	LoadsInFlight               *ebpf.VariableSpec `ebpf:"loads_in_flight"`
+	LogRotating                 *ebpf.VariableSpec `ebpf:"log_rotating"`
 	LogScanMax                  *ebpf.VariableSpec `ebpf:"log_scan_max"`
+	LogTailBytes                *ebpf.VariableSpec `ebpf:"log_tail_bytes"`
 	ProgLoadArgSlots            *ebpf.VariableSpec `ebpf:"prog_load_arg_slots"`
 	UnusedBtfLoadAttr           *ebpf.VariableSpec `ebpf:"unused_btf_load_attr"`
 	UnusedLoadEvent             *ebpf.VariableSpec `ebpf:"unused_load_event"`
+	UnusedLoadEventTail         *ebpf.VariableSpec `ebpf:"unused_load_event_tail"`
 	UnusedLostReason            *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
 	UnusedProgLoadAttr          *ebpf.VariableSpec `ebpf:"unused_prog_load_attr"`
 	WakeupBytes                 *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -258,10 +272,13 @@ type verifierlogVariables struct {
 	CountLoadsBegunBeforeAttach *ebpf.Variable `ebpf:"count_loads_begun_before_attach"`
 	Detaching                   *ebpf.Variable `ebpf:"detaching"`
 	LoadsInFlight               *ebpf.Variable `ebpf:"loads_in_flight"`
+	LogRotating                 *ebpf.Variable `ebpf:"log_rotating"`
 	LogScanMax                  *ebpf.Variable `ebpf:"log_scan_max"`
+	LogTailBytes                *ebpf.Variable `ebpf:"log_tail_bytes"`
 	ProgLoadArgSlots            *ebpf.Variable `ebpf:"prog_load_arg_slots"`
 	UnusedBtfLoadAttr           *ebpf.Variable `ebpf:"unused_btf_load_attr"`
 	UnusedLoadEvent             *ebpf.Variable `ebpf:"unused_load_event"`
+	UnusedLoadEventTail         *ebpf.Variable `ebpf:"unused_load_event_tail"`
 	UnusedLostReason            *ebpf.Variable `ebpf:"unused_lost_reason"`
 	UnusedProgLoadAttr          *ebpf.Variable `ebpf:"unused_prog_load_attr"`
 	WakeupBytes                 *ebpf.Variable `ebpf:"wakeup_bytes"`

@@ -62,6 +62,10 @@ const (
 	// LongLog is a valid program of ProgLoad.Insns instructions; at log
 	// level 2 the verifier writes a line per instruction.
 	LongLog
+	// BadJump jumps past its end: the verifier answers EINVAL ("jump out
+	// of range") after it has begun its log, so on 6.4+ it writes
+	// log_true_size back.
+	BadJump
 )
 
 func (p Program) String() string {
@@ -72,18 +76,20 @@ func (p Program) String() string {
 		return "rejected"
 	case LongLog:
 		return "long"
+	case BadJump:
+		return "badjump"
 	}
 	return fmt.Sprintf("Program(%d)", int(p))
 }
 
 // ParseProgram is the inverse of Program.String.
 func ParseProgram(s string) (Program, error) {
-	for _, p := range []Program{Valid, Rejected, LongLog} {
+	for _, p := range []Program{Valid, Rejected, LongLog, BadJump} {
 		if p.String() == s {
 			return p, nil
 		}
 	}
-	return 0, fmt.Errorf("unknown program %q (want valid, rejected or long)", s)
+	return 0, fmt.Errorf("unknown program %q (want valid, rejected, long or badjump)", s)
 }
 
 // ProgLoad describes one BPF_PROG_LOAD attempt.
@@ -191,6 +197,12 @@ func Instructions(p Program, n int) ([]byte, error) {
 			insns = append(insns, asm.Mov.Imm(asm.R0, int32(i)))
 		}
 		insns = append(insns, asm.Return())
+	case BadJump:
+		insns = asm.Instructions{
+			asm.Mov.Imm(asm.R0, 0),
+			{OpCode: asm.OpCode(asm.JumpClass).SetJumpOp(asm.Ja), Offset: 8},
+			asm.Return(),
+		}
 	default:
 		return nil, fmt.Errorf("unknown program %d", p)
 	}
