@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"bytes"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -70,8 +71,9 @@ const MaxVerdictLineBytes = 200
 // VerdictLine returns the last non-empty line of the tail, sanitized as
 // SanitizeLogTail does (tabs, from source lines, kept), at most
 // MaxVerdictLineBytes bytes long (cut at a rune boundary, keeping the
-// line's beginning). Lines end at '\n'; a '\r' before it, and spaces and
-// tabs around the line, are not part of the line. A line of only spaces,
+// line's beginning, with no space left at the cut). Lines end at '\n'; a
+// '\r' before it, and spaces and tabs around the line, are not part of
+// the line. A line of only spaces,
 // tabs or '\r' is empty. It returns "" when there is no such line.
 //
 // Since Linux 5.2 the verifier prints its statistics last, on success and
@@ -117,7 +119,8 @@ func statisticsLine(line []byte) bool {
 	return bytes.HasPrefix(line, []byte("verification time ")) || bytes.HasPrefix(line, []byte("stack depth "))
 }
 
-// clip cuts s to at most MaxVerdictLineBytes bytes at a rune boundary.
+// clip cuts s to at most MaxVerdictLineBytes bytes at a rune boundary,
+// and drops the spaces and tabs the cut leaves at its end.
 func clip(s string) string {
 	if len(s) <= MaxVerdictLineBytes {
 		return s
@@ -126,7 +129,7 @@ func clip(s string) string {
 	for n > 0 && !utf8.RuneStart(s[n]) {
 		n--
 	}
-	return s[:n]
+	return strings.TrimRight(s[:n], " \t")
 }
 
 // VerifierStats are the counters of the verifier's summary line. A field

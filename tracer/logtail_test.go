@@ -205,6 +205,7 @@ func TestVerdictLine(t *testing.T) {
 		{"long line cut", "first\n" + long + "\n", long[:200], long[:200]},
 		{"cut at a rune boundary", strings.Repeat("é", 150), strings.Repeat("é", 100), strings.Repeat("é", 100)},
 		{"cut before a replacement", strings.Repeat("a", 199) + "\xff", strings.Repeat("a", 199), strings.Repeat("a", 199)},
+		{"no space at the cut", strings.Repeat("a", 199) + " b", strings.Repeat("a", 199), strings.Repeat("a", 199)},
 		{"replacement that fits", strings.Repeat("a", 197) + "\xff", strings.Repeat("a", 197) + "\uFFFD", strings.Repeat("a", 197) + "\uFFFD"},
 	} {
 		if got := VerdictLine([]byte(c.in)); got != c.verdict {
