@@ -26,6 +26,17 @@ var SizeBuckets = func() []float64 {
 // DurationBuckets bound bpf_prog_load_duration_seconds: 10 µs to 40 s.
 var DurationBuckets = []float64{1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40}
 
+// ProcessedInsnsBuckets bound bpf_verifier_processed_insns: powers of two
+// from 1 to 2^21, past the verifier's limit of one million processed
+// instructions.
+var ProcessedInsnsBuckets = func() []float64 {
+	var b []float64
+	for n := 1; n <= 1<<21; n <<= 1 {
+		b = append(b, float64(n))
+	}
+	return b
+}()
+
 // AttemptBuckets bound bpf_prog_load_attempts.
 var AttemptBuckets = []float64{1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32}
 
@@ -52,6 +63,7 @@ type instruments struct {
 	unknownSize   *instrument // bpf_verifier_log_unknown_size_total
 	duration      *instrument // bpf_prog_load_duration_seconds
 	attempts      *instrument // bpf_prog_load_attempts
+	processed     *instrument // bpf_verifier_processed_insns
 }
 
 func newInstruments(r *Recorder) *instruments {
@@ -72,6 +84,8 @@ func newInstruments(r *Recorder) *instruments {
 			"Time the kernel spent in each load attempt, whatever its result (bpf_prog_loads_total has the result).", "s", kindFloatHistogram, DurationBuckets),
 		attempts: r.newInstrument("bpf_prog_load_attempts",
 			"Attempts per logical load (retry chain).", "{attempt}", kindIntHistogram, AttemptBuckets),
+		processed: r.newInstrument("bpf_verifier_processed_insns",
+			"Instructions the verifier processed in successful load attempts whose log tail (--log-tail-bytes) holds its summary line.", "{instruction}", kindIntHistogram, ProcessedInsnsBuckets),
 	}
 }
 

@@ -185,6 +185,14 @@ func (p *Pipeline) Attempt(ev *tracer.LoadEvent, class sizing.Class, c *sizing.C
 		p.rec.observe(p.in.shortfall, cl, float64(class.Shortfall))
 	}
 	p.rec.observe(p.in.duration, cl, ev.Duration().Seconds())
+	var stats tracer.VerifierStats
+	var parsed bool
+	if len(ev.LogTail) > 0 {
+		stats, parsed = tracer.ParseVerifierStats(ev.LogTail)
+		if parsed && ev.OK() {
+			p.rec.observe(p.in.processed, cl, float64(stats.ProcessedInsns))
+		}
+	}
 	if p.tracer == nil {
 		return
 	}
@@ -200,7 +208,11 @@ func (p *Pipeline) Attempt(ev *tracer.LoadEvent, class sizing.Class, c *sizing.C
 		cs.span.SetAttributes(attrs...)
 		p.spans[c] = cs
 	}
-	p.attrs = p.attemptSpan(cs.ctx, c, ev, class, attrs)
+	var sp *tracer.VerifierStats
+	if parsed {
+		sp = &stats
+	}
+	p.attrs = p.attemptSpan(cs.ctx, c, ev, class, sp, attrs)
 }
 
 // ChainEnded implements sizing.Sink: the logical load's metrics, and the
@@ -261,8 +273,9 @@ func appendIdentityAttributes(dst []attribute.KeyValue, ev *tracer.LoadEvent) []
 // attemptSpan records one attempt as a child of its chain's span (ctx),
 // with the kernel's start and end times. attrs holds the attempt's
 // identity attributes; the attempt's own are appended to it, and the
-// slice is returned for reuse (the span keeps a copy).
-func (p *Pipeline) attemptSpan(ctx context.Context, c *sizing.Chain, ev *tracer.LoadEvent, class sizing.Class, attrs []attribute.KeyValue) []attribute.KeyValue {
+// slice is returned for reuse (the span keeps a copy). stats is the
+// verifier's summary parsed from the log tail, nil where there is none.
+func (p *Pipeline) attemptSpan(ctx context.Context, c *sizing.Chain, ev *tracer.LoadEvent, class sizing.Class, stats *tracer.VerifierStats, attrs []attribute.KeyValue) []attribute.KeyValue {
 	attrs = append(attrs,
 		attribute.Int("thread.id", int(ev.TID)),
 		attribute.Int("bpf.log.level", int(ev.LogLevel)),
@@ -272,6 +285,12 @@ func (p *Pipeline) attemptSpan(ctx context.Context, c *sizing.Chain, ev *tracer.
 		attribute.Int("bpf.load.attempt", c.Attempts))
 	if ev.LogTrueSizeKnown {
 		attrs = append(attrs, attribute.Int("bpf.log.true_size", int(ev.LogTrueSize)))
+	}
+	if stats != nil {
+		attrs = append(attrs,
+			attribute.Int64("bpf.verifier.processed_insns", int64(stats.ProcessedInsns)),
+			attribute.Int64("bpf.verifier.total_states", int64(stats.TotalStates)),
+			attribute.Int64("bpf.verifier.peak_states", int64(stats.PeakStates)))
 	}
 	_, span := p.tracer.Start(ctx, ev.Command.String(),
 		trace.WithTimestamp(p.clock.Time(ev.StartNs)),
@@ -284,7 +303,14 @@ func (p *Pipeline) attemptSpan(ctx context.Context, c *sizing.Chain, ev *tracer.
 	// Set after Start rather than passed to it: passed, they would be
 	// copied twice, into the start config and then into the span.
 	span.SetAttributes(attrs...)
-	span.End(trace.WithTimestamp(p.clock.Time(ev.EndNs)))
+	end := p.clock.Time(ev.EndNs)
+	if len(ev.LogTail) > 0 {
+		// The log as the load left it: an event at the load's end, whose
+		// attribute is a copy (ev.LogTail is reused for the next record).
+		span.AddEvent("bpf.verifier.log", trace.WithTimestamp(end),
+			trace.WithAttributes(attribute.String("bpf.verifier.log.tail", tracer.SanitizeLogTail(ev.LogTail))))
+	}
+	span.End(trace.WithTimestamp(end))
 	return attrs
 }
 

@@ -28,8 +28,9 @@ func spanAttrs(kvs []attribute.KeyValue) []string {
 
 // TestSpanAttributesAreExact pins every attribute of the chain and attempt
 // spans, of a PROG_LOAD chain that ends in a success, a failed chain whose
-// need nobody measured, and a BTF load: names, types and values, and no
-// attribute more.
+// need nobody measured, a BTF load, and a load the verifier rejected whose
+// record carries a log tail: names, types and values, and no attribute
+// more.
 func TestSpanAttributesAreExact(t *testing.T) {
 	r := newRig(t, 0)
 	first := withTrueSize(event("cilium-agent", 10, "tail_call", 1000*ms, 1002*ms, 65536, enospc), 70000)
@@ -38,13 +39,17 @@ func TestSpanAttributesAreExact(t *testing.T) {
 	unknown := event("aya", 20, "xdp_prog", 2000*ms, 2001*ms, 128, enospc) // ENOSPC, no true size: need above 128
 	btf := event("bpftool", 30, "", 3000*ms, 3001*ms, 256, 5)
 	btf.Command, btf.ProgType, btf.InsnCnt = tracer.CmdBTFLoad, 0, 0
-	r.handle(first, second, unknown, btf)
+	rejected := event("libbpf", 40, "rejected", 4000*ms, 4001*ms, 4096, -13) // EACCES
+	rejected.LogTail = []byte("R0 !read_ok\nprocessed 2 insns (limit 1000000) max_states_per_insn 0 total_states 3 peak_states 1 mark_read 0\n")
+	r.handle(first, second, unknown, btf, rejected)
 	r.p.Flush()
 
 	idCilium := []string{"bpf.command=STRING:BPF_PROG_LOAD", "bpf.prog.insn_count=INT64:100", "bpf.prog.name=STRING:tail_call",
 		"bpf.prog.type=STRING:socket_filter", "process.executable.name=STRING:cilium-agent", "process.pid=INT64:10"}
 	idAya := []string{"bpf.command=STRING:BPF_PROG_LOAD", "bpf.prog.insn_count=INT64:100", "bpf.prog.name=STRING:xdp_prog",
 		"bpf.prog.type=STRING:socket_filter", "process.executable.name=STRING:aya", "process.pid=INT64:20"}
+	idLibbpf := []string{"bpf.command=STRING:BPF_PROG_LOAD", "bpf.prog.insn_count=INT64:100", "bpf.prog.name=STRING:rejected",
+		"bpf.prog.type=STRING:socket_filter", "process.executable.name=STRING:libbpf", "process.pid=INT64:40"}
 	idBTF := []string{"bpf.command=STRING:BPF_BTF_LOAD", "process.executable.name=STRING:bpftool", "process.pid=INT64:30"}
 	with := func(id []string, more ...string) []string {
 		out := append(slices.Clone(id), more...)
@@ -69,6 +74,10 @@ func TestSpanAttributesAreExact(t *testing.T) {
 		"bpf.load bpftool": {with(idBTF, "bpf.load.attempts=INT64:1", "bpf.load.failed_seconds=FLOAT64:0", "bpf.log.need_at_most=INT64:256"), false},
 		"BPF_BTF_LOAD bpftool 1": {with(idBTF, "thread.id=INT64:30", "bpf.log.level=INT64:1", "bpf.log.mode=STRING:rotating",
 			"bpf.log.size=INT64:256", "bpf.log.truncated=BOOL:false", "bpf.load.attempt=INT64:1"), false},
+		"bpf.load libbpf": {with(idLibbpf, "bpf.load.attempts=INT64:1", "bpf.load.failed_seconds=FLOAT64:0.001", "error.type=STRING:EACCES"), true},
+		"BPF_PROG_LOAD libbpf 1": {with(idLibbpf, "thread.id=INT64:40", "bpf.log.level=INT64:1", "bpf.log.mode=STRING:rotating",
+			"bpf.log.size=INT64:4096", "bpf.log.truncated=BOOL:false", "bpf.load.attempt=INT64:1", "error.type=STRING:EACCES",
+			"bpf.verifier.processed_insns=INT64:2", "bpf.verifier.total_states=INT64:3", "bpf.verifier.peak_states=INT64:1"), true},
 	}
 	got := map[string]tracetest.SpanStub{}
 	for _, s := range r.spans.GetSpans() {

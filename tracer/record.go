@@ -37,6 +37,10 @@ type Record struct {
 	Truncated      bool       `json:"truncated"`
 	DurationNs     uint64     `json:"duration_ns"`
 	AttachMode     string     `json:"attach_mode"`
+	// LogTail is the end of the log the kernel left in the caller's
+	// buffer, sanitized (SanitizeLogTail); omitted when the tail is off
+	// (Options.LogTailBytes) or the load left no log.
+	LogTail string `json:"log_tail,omitempty"`
 }
 
 // RFC3339NanoFixed is RFC 3339 with all nine fractional digits.
@@ -76,6 +80,9 @@ func (e *LoadEvent) Record(clock WallClock) Record {
 	}
 	r.LogUsedSize, r.LogUsedAtLeast = e.LogUsedSize, e.LogUsedAtLeast
 	_, r.LogNeedSource = e.Need()
+	if len(e.LogTail) > 0 {
+		r.LogTail = SanitizeLogTail(e.LogTail)
+	}
 	return r
 }
 
