@@ -56,8 +56,23 @@ func (t *tableWriter) row(ev *tracer.LoadEvent) error {
 		t.clock.Time(ev.StartNs).Local().Format("15:04:05.000"),
 		clip(ev.Comm.String(), 15), strconv.FormatUint(uint64(ev.PID), 10), strconv.FormatUint(uint64(ev.TID), 10),
 		cmd, clip(progType, 14), clip(name, 15), ev.LogMode(), buf, need, result, trunc, ev.Duration().Round(1000))
+	if err != nil || ev.OK() || len(ev.LogTail) == 0 {
+		return err
+	}
+	// A failed load's verdict, the verifier's complaint (the last line of
+	// its log tail before the summary), on a line of its own under the
+	// row, so that the columns stay aligned.
+	if verdict := tracer.RejectionLine(ev.LogTail); verdict != "" {
+		_, err = fmt.Fprintf(t.w, "%*s%s%s\n", verdictIndent, "", verdictPrefix, verdict)
+	}
 	return err
 }
+
+// A verdict line starts under the row's COMM column.
+const (
+	verdictIndent = 13
+	verdictPrefix = "verifier: "
+)
 
 // humanBytes prints sizes as loaders choose them: exact binary multiples as
 // "64KiB", anything else in bytes up to 10,000, then with one decimal.
