@@ -2,12 +2,17 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 
+	"github.com/verifierlog/exporter/internal/kerneltest"
+	"github.com/verifierlog/exporter/internal/loadgen"
 	"github.com/verifierlog/exporter/tracer"
 )
 
@@ -102,4 +107,70 @@ func TestTableShowsTheVerdictOfFailedLoads(t *testing.T) {
 	if strings.Index(lines[0], "COMM") != 13 {
 		t.Errorf("the verdict is not under COMM: %q", lines[0])
 	}
+}
+
+// TestLogTailEndToEnd runs the built exporter with --log-tail-bytes 512 on
+// the real kernel: trace's JSON record of a rejected load carries the last
+// 512 bytes of the log the load itself got back, and serve's
+// bpf_verifier_processed_insns holds the count of a successful load's
+// summary.
+func TestLogTailEndToEnd(t *testing.T) {
+	kerneltest.Require(t)
+	bin := buildExporter(t)
+	const n = 512
+
+	t.Run("trace", func(t *testing.T) {
+		rt := startTrace(t, bin, "trace", "--output", "json", "--log-tail-bytes", fmt.Sprint(n), "--attach", envOr("VERIFIERLOG_TEST_ATTACH", "auto"))
+		// Level 2 with 64 instructions: a log longer than the tail.
+		rejected, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Rejected, Insns: 64, Name: "vlog_tail_rej", LogLevel: 2, LogSize: 64 << 10})
+		if err != nil || rejected.Errno != syscall.EACCES {
+			t.Fatalf("rejected load: %v %v", rejected.Errno, err)
+		}
+		off, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_tail_off"})
+		if err != nil || !off.OK() {
+			t.Fatalf("load without a log: %v %v", off.Errno, err)
+		}
+		got := rt.await("vlog_tail_rej", "vlog_tail_off")
+		rt.stop()
+		if len(rejected.Log) <= n {
+			t.Fatalf("the rejected load's log is %d bytes, not longer than the tail", len(rejected.Log))
+		}
+		want := tracer.SanitizeLogTail(rejected.Log[len(rejected.Log)-n:])
+		if r := got["vlog_tail_rej"]; r.LogTail != want || r.Errno != "EACCES" {
+			t.Errorf("rejected load's record: errno %q, log_tail\n%q\nwant the log's last %d bytes\n%q", r.Errno, r.LogTail, n, want)
+		}
+		if r := got["vlog_tail_off"]; r.LogTail != "" {
+			t.Errorf("load without a log has log_tail %q", r.LogTail)
+		}
+	})
+
+	t.Run("serve", func(t *testing.T) {
+		s := startServer(t, bin, nil, "--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"), "--log-tail-bytes="+fmt.Sprint(n))
+		ok, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Valid, Name: "vlog_tail_ok", LogLevel: 1, LogSize: 4096})
+		if err != nil || !ok.OK() {
+			t.Fatalf("load: %v %v", ok.Errno, err)
+		}
+		stats, parsed := tracer.ParseVerifierStats(ok.Log)
+		if !parsed || stats.ProcessedInsns == 0 {
+			t.Fatalf("the load's own log has no summary: %q", ok.Log)
+		}
+		labels := map[string]string{"command": "BPF_PROG_LOAD", "loader": thisComm(t)}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, families := s.scrape()
+			if ms := series(families, "bpf_verifier_processed_insns", labels); len(ms) == 1 && ms[0].GetHistogram().GetSampleCount() > 0 {
+				h := ms[0].GetHistogram()
+				if h.GetSampleCount() != 1 || h.GetSampleSum() != float64(stats.ProcessedInsns) {
+					t.Errorf("bpf_verifier_processed_insns count %d sum %v, want 1 and %d (the load's own log: %q)",
+						h.GetSampleCount(), h.GetSampleSum(), stats.ProcessedInsns, ok.Log)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no bpf_verifier_processed_insns%v after 30s:\n%s", labels, s.log())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		s.stop()
+	})
 }
