@@ -11,6 +11,7 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 
+	"github.com/verifierlog/exporter/internal/backends"
 	"github.com/verifierlog/exporter/internal/kerneltest"
 	"github.com/verifierlog/exporter/internal/loadgen"
 	"github.com/verifierlog/exporter/tracer"
@@ -111,9 +112,11 @@ func TestTableShowsTheVerdictOfFailedLoads(t *testing.T) {
 
 // TestLogTailEndToEnd runs the built exporter with --log-tail-bytes 512 on
 // the real kernel: trace's JSON record of a rejected load carries the last
-// 512 bytes of the log the load itself got back, and serve's
+// 512 bytes of the log the load itself got back; serve's
 // bpf_verifier_processed_insns holds the count of a successful load's
-// summary.
+// summary; and the attempt span a real Collector receives for a rejected
+// load has the bpf.verifier.log event with that load's log and the
+// summary's counters.
 func TestLogTailEndToEnd(t *testing.T) {
 	kerneltest.Require(t)
 	bin := buildExporter(t)
@@ -170,6 +173,44 @@ func TestLogTailEndToEnd(t *testing.T) {
 				t.Fatalf("no bpf_verifier_processed_insns%v after 30s:\n%s", labels, s.log())
 			}
 			time.Sleep(200 * time.Millisecond)
+		}
+		s.stop()
+	})
+
+	t.Run("span", func(t *testing.T) {
+		col := backends.StartCollector(t)
+		s := startServer(t, bin, []string{"OTEL_TRACES_EXPORTER=otlp", "OTEL_METRICS_EXPORTER=none",
+			"OTEL_EXPORTER_OTLP_PROTOCOL=grpc", "OTEL_EXPORTER_OTLP_ENDPOINT=http://" + col.GRPCEndpoint(), "OTEL_BSP_SCHEDULE_DELAY=100"},
+			"--attach="+envOr("VERIFIERLOG_TEST_ATTACH", "auto"), "--log-tail-bytes="+fmt.Sprint(n))
+		rejected, err := loadgen.LoadProgram(loadgen.ProgLoad{Program: loadgen.Rejected, Name: "vlog_tail_span", LogLevel: 1, LogSize: 4096})
+		if err != nil || rejected.Errno != syscall.EACCES {
+			t.Fatalf("rejected load: %v %v", rejected.Errno, err)
+		}
+		stats, parsed := tracer.ParseVerifierStats(rejected.Log)
+		if !parsed {
+			t.Fatalf("the load's own log has no summary: %q", rejected.Log)
+		}
+		spans := col.WaitForSpans(t, func(sp []backends.Span) bool {
+			for _, s := range sp {
+				if s.Name == "BPF_PROG_LOAD" && s.Attributes["bpf.prog.name"] == "vlog_tail_span" {
+					return true
+				}
+			}
+			return false
+		}, 60*time.Second)
+		for _, sp := range spans {
+			if sp.Name != "BPF_PROG_LOAD" || sp.Attributes["bpf.prog.name"] != "vlog_tail_span" {
+				continue
+			}
+			if len(sp.Events) != 1 || sp.Events[0].Name != "bpf.verifier.log" || sp.Events[0].Attributes["bpf.verifier.log.tail"] != tracer.SanitizeLogTail(rejected.Log) {
+				t.Errorf("attempt span events %+v, want bpf.verifier.log with the load's own log %q", sp.Events, rejected.Log)
+			}
+			for k, v := range map[string]uint64{"bpf.verifier.processed_insns": stats.ProcessedInsns, "bpf.verifier.total_states": stats.TotalStates,
+				"bpf.verifier.peak_states": stats.PeakStates} {
+				if sp.Attributes[k] != int64(v) {
+					t.Errorf("attempt span %s = %v, want %d", k, sp.Attributes[k], v)
+				}
+			}
 		}
 		s.stop()
 	})
