@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,26 +74,7 @@ func (n Name) String() string {
 			break
 		}
 	}
-	clean := true
-	for _, c := range b {
-		if c < 0x20 || c == 0x7f || c >= utf8.RuneSelf {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return string(b)
-	}
-	out := make([]rune, 0, len(b))
-	for len(b) > 0 {
-		r, size := utf8.DecodeRune(b)
-		if r == utf8.RuneError || r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			r = utf8.RuneError
-		}
-		out = append(out, r)
-		b = b[size:]
-	}
-	return string(out)
+	return sanitize(b, false)
 }
 
 // LoadEvent is one load attempt as the kernel saw it. The tracer reuses one

@@ -163,9 +163,9 @@ func TestSanitizeLogTail(t *testing.T) {
 	}
 }
 
-// The rule is Name.String's: for what fits in a Name (no NUL, which ends a
-// name) and holds no '\n' or '\t' (which a name does not keep), both give
-// the same text.
+// Names and tails share one rule (sanitize): for what fits in a Name (no
+// NUL, which ends a name) and holds no '\n' or '\t' (which a name does
+// not keep), both give the same text.
 func TestSanitizeLogTailIsNameRule(t *testing.T) {
 	for _, in := range []string{"", "bpftool", "a\x01b", "\x7f\x80\x9f\xa0", "é€", "\xff\xfe\xfd", "\xe2\x82", "0123456789abcdef", "\u0085x\u009fy", "\r"} {
 		checkNameRule(t, []byte(in))
